@@ -3,3 +3,4 @@ __version__ = "0.1.0"
 
 from .config import RwkvConfig
 from .errors import ConfigError, InputError, ModelFileError, RwkvError
+from .model import RwkvCausalLMOutput, RwkvForCausalLM, RwkvModel, RwkvOutput

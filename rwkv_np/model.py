@@ -1,0 +1,260 @@
+"""RwkvModel and RwkvForCausalLM: the fast engine, with HF transformers' API on NumPy arrays.
+
+Same numbers as reference.py (the readable float64 model), computed in float32 (default) or
+float64 with the projections of all T tokens as one matrix product and only the WKV recurrence
+run token by token (Numba, wkv.py). Load-time work — -exp(time_decay), flattening time_mix,
+rescale factors, dtype conversion — happens once, in `Block.from_state_dict`.
+
+    model = RwkvForCausalLM.from_pretrained("path/to/dir")
+    out = model(input_ids)                        # out.logits (B, T, V), out.state
+    out = model(next_ids, state=out.state)        # continue where it stopped
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import RwkvConfig
+from .errors import InputError
+from .linear import linear
+from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
+from .weights import as_float, check_state_dict, load_state_dict
+from .wkv import wkv_forward
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@dataclass
+class RwkvOutput:
+    last_hidden_state: np.ndarray            # (B, T, H) after ln_out
+    state: list | None = None                # five (B, H, L) arrays, see state.py
+    hidden_states: tuple | None = None       # L + 1 of (B, T, H): each block's output, then ln_out's
+    attentions: tuple | None = None          # L of (B, T, H): each block's attention-branch output
+
+
+@dataclass
+class RwkvCausalLMOutput:
+    loss: float | None = None                # mean next-token cross-entropy (nats)
+    logits: np.ndarray | None = None         # (B, T, V)
+    state: list | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@dataclass
+class Block:
+    """One layer's weights, ready to run. Matrices are (out, in) as stored: y = x @ W.T."""
+    ln1_weight: np.ndarray; ln1_bias: np.ndarray          # (H,)
+    att_mix_k: np.ndarray; att_mix_v: np.ndarray; att_mix_r: np.ndarray  # (H,)
+    att_key: np.ndarray; att_value: np.ndarray; att_receptance: np.ndarray  # (A, H)
+    att_output: np.ndarray                                # (H, A)
+    time_decay: np.ndarray                                # (A,) w = -exp(raw time_decay), < 0
+    time_first: np.ndarray                                # (A,) u
+    ln2_weight: np.ndarray; ln2_bias: np.ndarray          # (H,)
+    ffn_mix_k: np.ndarray; ffn_mix_r: np.ndarray          # (H,)
+    ffn_key: np.ndarray                                   # (I, H)
+    ffn_receptance: np.ndarray                            # (H, H)
+    ffn_value: np.ndarray                                 # (H, I)
+    scale: float                                          # 2**-(i // rescale_every): HF's rescaling
+    halve: bool                                           # x /= 2 after this block (rescale_every)
+
+    @classmethod
+    def from_state_dict(cls, p: dict, i: int, config: RwkvConfig, dtype) -> "Block":
+        g = lambda name: as_float(p[f"rwkv.blocks.{i}.{name}"], dtype)
+        every = config.rescale_every
+        return cls(
+            ln1_weight=g("ln1.weight"), ln1_bias=g("ln1.bias"),
+            att_mix_k=g("attention.time_mix_key")[0, 0], att_mix_v=g("attention.time_mix_value")[0, 0],
+            att_mix_r=g("attention.time_mix_receptance")[0, 0],
+            att_key=g("attention.key.weight"), att_value=g("attention.value.weight"),
+            att_receptance=g("attention.receptance.weight"), att_output=g("attention.output.weight"),
+            # In float64 first so that a float32 model gets the correctly rounded w.
+            time_decay=(-np.exp(as_float(p[f"rwkv.blocks.{i}.attention.time_decay"], np.float64))).astype(dtype),
+            time_first=g("attention.time_first"),
+            ln2_weight=g("ln2.weight"), ln2_bias=g("ln2.bias"),
+            ffn_mix_k=g("feed_forward.time_mix_key")[0, 0], ffn_mix_r=g("feed_forward.time_mix_receptance")[0, 0],
+            ffn_key=g("feed_forward.key.weight"), ffn_receptance=g("feed_forward.receptance.weight"),
+            ffn_value=g("feed_forward.value.weight"),
+            # HF divides output/value weights by 2**(i // every); dividing the product by the same
+            # power of two is bit-identical and keeps the memory-mapped weights uncopied.
+            scale=2.0 ** -(i // every) if every > 0 else 1.0,
+            halve=every > 0 and (i + 1) % every == 0)
+
+
+def layer_norm(x, weight, bias, eps):  # x (..., H) -> (..., H)
+    mean = x.mean(-1, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(-1, keepdims=True)
+    return xc * (1 / np.sqrt(var + eps)) * weight + bias
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def mixed(x, shifted, mix):  # x, shifted (B, T, H), mix (H,) -> (B*T, H): x*mix + shifted*(1-mix)
+    return (shifted + (x - shifted) * mix).reshape(-1, x.shape[-1])
+
+
+def shift(x, last):  # x (B, T, H), last (B, H) -> (B, T, H): the previous token's x
+    out = np.empty_like(x)
+    out[:, 0] = last
+    out[:, 1:] = x[:, :-1]
+    return out
+
+
+def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention-branch output
+    B, T, H = x.shape
+    xa = layer_norm(x, blk.ln1_weight, blk.ln1_bias, eps)
+    sa = shift(xa, state[ATT_X][:, :, i])
+    k = linear(mixed(xa, sa, blk.att_mix_k), blk.att_key).reshape(B, T, -1)
+    v = linear(mixed(xa, sa, blk.att_mix_v), blk.att_value).reshape(B, T, -1)
+    r = sigmoid(linear(mixed(xa, sa, blk.att_mix_r), blk.att_receptance))
+    wkv, (a, b, p) = wkv_forward(blk.time_decay, blk.time_first, k, v,
+                                 (state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i]))
+    state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i] = a, b, p
+    state[ATT_X][:, :, i] = xa[:, -1]
+    att = linear(r * wkv.reshape(B * T, -1), blk.att_output).reshape(B, T, H)
+    if blk.scale != 1.0:
+        att *= blk.scale
+    x = x + att
+
+    xf = layer_norm(x, blk.ln2_weight, blk.ln2_bias, eps)
+    sf = shift(xf, state[FFN_X][:, :, i])
+    key = np.maximum(linear(mixed(xf, sf, blk.ffn_mix_k), blk.ffn_key), 0)
+    key *= key
+    gate = sigmoid(linear(mixed(xf, sf, blk.ffn_mix_r), blk.ffn_receptance))
+    ffn = (gate * linear(key, blk.ffn_value)).reshape(B, T, H)
+    state[FFN_X][:, :, i] = xf[:, -1]
+    if blk.scale != 1.0:
+        ffn *= blk.scale
+    x = x + ffn
+    if blk.halve:
+        x = x / 2
+    return x, att
+
+
+class RwkvModel:
+    """The RWKV-4 trunk: embeddings -> blocks -> ln_out. Call it like HF's RwkvModel."""
+
+    def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32"):
+        if dtype not in _DTYPES:
+            raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.config, self.dtype = config, np.dtype(_DTYPES[dtype])
+        d = self.dtype
+        self.embeddings = tensors["rwkv.embeddings.weight"]                 # (V, H), any stored dtype
+        self.pre_ln = (as_float(tensors["rwkv.blocks.0.pre_ln.weight"], d),
+                       as_float(tensors["rwkv.blocks.0.pre_ln.bias"], d))   # (H,), (H,)
+        self.blocks = [Block.from_state_dict(tensors, i, config, d) for i in range(config.num_hidden_layers)]
+        self.ln_out = (as_float(tensors["rwkv.ln_out.weight"], d), as_float(tensors["rwkv.ln_out.bias"], d))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32") -> "RwkvModel":
+        """Load an HF model directory (config.json + model.safetensors or a sharded index)."""
+        config, tensors = load_pretrained(path, head=False)
+        return cls(config, tensors, dtype)
+
+    def embed(self, input_ids):  # (B, T) ints -> (B, T, H)
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.size == 0:
+            raise InputError(f"input_ids: expected a non-empty (B, T) or (T,) array, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            if not (np.issubdtype(ids.dtype, np.floating) and np.all(ids == np.round(ids))):
+                raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
+            ids = ids.astype(np.int64)
+        V = self.config.vocab_size
+        if ids.min() < 0 or ids.max() >= V:
+            bad = ids[(ids < 0) | (ids >= V)].flat[0]
+            raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {V})")
+        return as_float(self.embeddings[ids], self.dtype)
+
+    def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
+                 output_attentions=False, inputs_embeds=None, attention_mask=None) -> RwkvOutput:
+        """attention_mask is accepted for HF compatibility and ignored, as in HF (RWKV has none)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None:
+            x = np.asarray(inputs_embeds, self.dtype)
+            if x.ndim != 3 or x.shape[-1] != self.config.hidden_size or x.size == 0:
+                raise InputError(f"inputs_embeds: expected (B, T, {self.config.hidden_size}), got {x.shape}")
+        else:
+            x = self.embed(input_ids)
+        B = x.shape[0]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        state = empty_state(self.config, B, self.dtype) if state is None \
+            else check_state(state, self.config, B, self.dtype)
+        eps = self.config.layer_norm_epsilon
+        x = layer_norm(x, *self.pre_ln, eps)
+        hidden, attentions = [], []
+        for i, blk in enumerate(self.blocks):
+            x, att = run_block(blk, i, x, state, eps)
+            if output_hidden_states:
+                hidden.append(x)
+            if output_attentions:
+                attentions.append(att)
+        x = layer_norm(x, *self.ln_out, 1e-5)  # HF's ln_out always uses eps 1e-5
+        return RwkvOutput(last_hidden_state=x, state=state if use_cache else None,
+                          hidden_states=tuple(hidden + [x]) if output_hidden_states else None,
+                          attentions=tuple(attentions) if output_attentions else None)
+
+
+class RwkvForCausalLM:
+    """RwkvModel plus the language-model head. Call it like HF's RwkvForCausalLM."""
+
+    def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32"):
+        self.rwkv = RwkvModel(config, tensors, dtype)
+        self.config = config
+        self.head = tensors["head.weight"]                                   # (V, H)
+        if self.head.dtype != self.rwkv.dtype:
+            self.head = as_float(self.head, self.rwkv.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32") -> "RwkvForCausalLM":
+        """Load an HF model directory (config.json + model.safetensors or a sharded index)."""
+        config, tensors = load_pretrained(path, head=True)
+        return cls(config, tensors, dtype)
+
+    def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
+                 output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
+                 logits_to_keep: int = 0) -> RwkvCausalLMOutput:
+        """logits_to_keep > 0 computes the logits of the last that many positions only (HF's option)."""
+        out = self.rwkv(input_ids, state, use_cache, output_hidden_states, output_attentions,
+                        inputs_embeds, attention_mask)
+        x = out.last_hidden_state
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        B, T, H = x.shape
+        logits = linear(x.reshape(B * T, H), self.head).reshape(B, T, -1)
+        loss = None if labels is None else cross_entropy(logits, labels)
+        return RwkvCausalLMOutput(loss=loss, logits=logits, state=out.state,
+                                  hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+def load_pretrained(path, head: bool) -> tuple[RwkvConfig, dict]:
+    """Config and checked state dict of a model directory; `head` False for a bare RwkvModel."""
+    config = RwkvConfig.from_pretrained(path)
+    tensors = load_state_dict(path)
+    if config.tie_word_embeddings and "rwkv.embeddings.weight" in tensors:
+        tensors.setdefault("head.weight", tensors["rwkv.embeddings.weight"])
+    if not head:
+        tensors.pop("head.weight", None)
+    check_state_dict(tensors, config, os.fspath(path), head=head)
+    return config, tensors
+
+
+def cross_entropy(logits, labels) -> float:  # logits (B, T, V), labels (B, T)
+    """HF's causal-LM loss: position t predicts labels[:, t+1]; labels of -100 are ignored."""
+    labels = np.atleast_2d(np.asarray(labels))
+    if labels.shape != logits.shape[:2]:
+        raise InputError(f"labels: expected shape {logits.shape[:2]}, got {labels.shape}")
+    z = logits[:, :-1].astype(np.float64)
+    target = labels[:, 1:]
+    keep = target != -100
+    z = z[keep]
+    z = z - z.max(-1, keepdims=True)
+    logp = z[np.arange(len(z)), target[keep]] - np.log(np.exp(z).sum(-1))
+    return float(-logp.mean()) if len(z) else float("nan")

@@ -1,0 +1,213 @@
+"""Weights on disk <-> a dict of NumPy arrays keyed by HF's RwkvForCausalLM names.
+
+Everything rwkv_np loads ends up as one such dict (the "state dict"), checked against the config
+by `check_state_dict`: the explicit name -> shape map below is the contract of every reader.
+
+safetensors layout: 8-byte little-endian header length N, N bytes of JSON
+{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the data.
+We parse that header ourselves and view the data through one read-only memory map, because the
+safetensors package's NumPy API copies every tensor into memory and cannot represent BF16.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+
+import numpy as np
+
+from .config import RwkvConfig
+from .errors import ModelFileError
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+           "I64": np.int64, "I32": np.int32, "I8": np.int8, "U8": np.uint8}
+_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
+
+
+def expected_shapes(config: RwkvConfig, head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an RwkvForCausalLM checkpoint (HF names) and its shape."""
+    V, H, A, I = (config.vocab_size, config.hidden_size,
+                  config.attention_hidden_size, config.intermediate_size)
+    shapes = {"rwkv.embeddings.weight": (V, H),
+              "rwkv.blocks.0.pre_ln.weight": (H,), "rwkv.blocks.0.pre_ln.bias": (H,)}
+    for i in range(config.num_hidden_layers):
+        blk = f"rwkv.blocks.{i}"
+        for ln in ("ln1", "ln2"):
+            shapes[f"{blk}.{ln}.weight"] = shapes[f"{blk}.{ln}.bias"] = (H,)
+        shapes[f"{blk}.attention.time_decay"] = shapes[f"{blk}.attention.time_first"] = (A,)
+        for mix in ("key", "value", "receptance"):
+            shapes[f"{blk}.attention.time_mix_{mix}"] = (1, 1, H)
+            shapes[f"{blk}.attention.{mix}.weight"] = (A, H)
+        shapes[f"{blk}.attention.output.weight"] = (H, A)
+        shapes[f"{blk}.feed_forward.time_mix_key"] = (1, 1, H)
+        shapes[f"{blk}.feed_forward.time_mix_receptance"] = (1, 1, H)
+        shapes[f"{blk}.feed_forward.key.weight"] = (I, H)
+        shapes[f"{blk}.feed_forward.receptance.weight"] = (H, H)
+        shapes[f"{blk}.feed_forward.value.weight"] = (H, I)
+    shapes["rwkv.ln_out.weight"] = shapes["rwkv.ln_out.bias"] = (H,)
+    if head:
+        shapes["head.weight"] = (V, H)
+    return shapes
+
+
+def check_state_dict(tensors: dict, config: RwkvConfig, source: str, head: bool = True) -> None:
+    """Raise ModelFileError naming the first missing, unexpected or mis-shaped tensor."""
+    want = expected_shapes(config, head)
+    missing = [n for n in want if n not in tensors]
+    extra = [n for n in tensors if n not in want]
+    if missing:
+        raise ModelFileError(f"{source}: missing tensor {missing[0]}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        raise ModelFileError(f"{source}: unexpected tensor {extra[0]}"
+                             + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for name, shape in want.items():
+        got = tuple(tensors[name].shape)
+        if got != shape:
+            raise ModelFileError(f"{source}: {name} has shape {got}, the config implies {shape}")
+
+
+def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """BF16 stored as uint16 -> float32: a bfloat16 is the top half of a float32's bits."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> BF16 bits (uint16), rounding to nearest even like torch's .to(bfloat16)."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (bits >> 16).astype(np.uint16)
+
+
+def read_safetensors(file: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Memory-map one .safetensors file: ({name: read-only array}, metadata).
+
+    BF16 tensors come back as uint16 arrays (their raw bits); `as_float` widens them."""
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise ModelFileError(f"{file}: {size} bytes is too short for a safetensors file")
+            n = int.from_bytes(f.read(8), "little")
+            if n > min(_MAX_HEADER, size - 8):
+                raise ModelFileError(f"{file}: header length {n} exceeds the file ({size} bytes)")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ModelFileError(f"{file}: header is not valid JSON ({e})") from None
+            if not isinstance(header, dict):
+                raise ModelFileError(f"{file}: header is not a JSON object")
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
+    except OSError as e:
+        raise ModelFileError(f"{file}: cannot read ({e.strerror})") from None
+    meta = header.pop("__metadata__", None) or {}
+    body = size - 8 - n
+    tensors, spans = {}, []
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(f"{file}: tensor {name!r} has a malformed or unsupported header entry "
+                                 f"{info!r}") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= body \
+                or end - begin != count * np.dtype(dtype).itemsize:
+            raise ModelFileError(f"{file}: tensor {name!r} (shape {shape}, {info['dtype']}) has data "
+                                 f"offsets [{begin}, {end}] that do not fit its size or the file")
+        spans.append((begin, end, name))
+        tensors[name] = np.frombuffer(buf, dtype, count, 8 + n + begin).reshape(shape) if count \
+            else np.zeros(shape, dtype)
+        if info["dtype"] == "BF16":
+            tensors[name] = tensors[name].view(_Bf16)
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ModelFileError(f"{file}: tensors {n0!r} and {n1!r} overlap")
+    return tensors, meta
+
+
+class _Bf16(np.ndarray):
+    """A uint16 array holding bfloat16 bits, so `as_float` knows to widen it (numpy has no bf16)."""
+
+
+def as_float(x: np.ndarray, dtype) -> np.ndarray:
+    """A tensor as `dtype` (float32 or float64); float32 data asked as float32 is not copied."""
+    if isinstance(x, _Bf16):
+        x = bf16_to_float32(x.view(np.ndarray))
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ModelFileError(f"tensor of dtype {x.dtype} where a floating-point weight is expected")
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a model directory (model.safetensors or a sharded index) or one file,
+    renamed to RwkvForCausalLM names (a bare RwkvModel's keys gain the `rwkv.` prefix)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.exists(index):
+            files = _shards(index)
+        elif os.path.exists(os.path.join(path, "model.safetensors")):
+            files = [os.path.join(path, "model.safetensors")]
+        else:
+            raise ModelFileError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    elif os.path.exists(path):
+        files = [path]
+    else:
+        raise ModelFileError(f"{path}: no such file or directory")
+    tensors = {}
+    for file in files:
+        for name, x in read_safetensors(file)[0].items():
+            name = name if name.startswith("rwkv.") or name == "head.weight" else "rwkv." + name
+            if name in tensors:
+                raise ModelFileError(f"{file}: tensor {name} appears in more than one shard")
+            tensors[name] = x
+    return tensors
+
+
+def _shards(index: str) -> list[str]:
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ModelFileError(f"{index}: not a valid safetensors index ({e!r})") from None
+    files = [os.path.join(os.path.dirname(index), n) for n in names]
+    for file, name in zip(files, names):
+        if os.path.basename(name) != name or not os.path.isfile(file):
+            raise ModelFileError(f"{index}: names shard {name!r}, which is not in the directory")
+    return files
+
+
+def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: dict,
+                    dtype: str | None = None) -> None:
+    """Write config.json and model.safetensors (HF names, loadable by HF transformers).
+
+    dtype: "float32", "float16" or "bfloat16" for every tensor; None keeps each tensor's own.
+    Written by hand (the layout is the one `read_safetensors` parses) because the safetensors
+    package's NumPy writer has no bfloat16."""
+    check_state_dict(tensors, config, "save_pretrained", head=True)
+    if config.tie_word_embeddings:
+        tensors = {n: x for n, x in tensors.items() if n != "head.weight"}
+    os.makedirs(directory, exist_ok=True)
+    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name in sorted(tensors):
+        x = tensors[name]
+        if dtype == "bfloat16" or (dtype is None and isinstance(x, _Bf16)):
+            data, code = (x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(x)), "BF16"
+        else:
+            data = np.asarray(as_float(x, np.dtype(dtype or x.dtype)))
+            code = {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type]
+        data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": code, "shape": list(x.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob)
+        for data in chunks:
+            f.write(data)
+    config.save_pretrained(directory)
