@@ -79,6 +79,16 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
     return (bits >> 16).astype(np.uint16)
 
 
+def hf_name(blinkdl: str) -> str:
+    """BlinkDL checkpoint name (.pth, rwkv.cpp) -> HF RwkvForCausalLM name; values are unchanged."""
+    name = (blinkdl.replace("emb.", "embeddings.", 1).replace(".ln0.", ".pre_ln.")
+            .replace(".att.", ".attention.").replace(".ffn.", ".feed_forward."))
+    for short, long in (("k", "key"), ("v", "value"), ("r", "receptance")):
+        if name.endswith(f".time_mix_{short}"):
+            name = name[:-len(short)] + long
+    return name if name == "head.weight" else "rwkv." + name
+
+
 def read_safetensors(file: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Memory-map one .safetensors file: ({name: read-only array}, metadata).
 
