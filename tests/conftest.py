@@ -22,3 +22,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (rwkv.cpp models, tokenizer and texts live there)")
     return SHARED_DATA
+
+
+def random_state_dict(config, seed: int = 0, scale: float = 0.4) -> dict:
+    """HF-named float32 weights for `config`, random but in the ranges a trained model has:
+    time_decay in [-6, 3], time_first in [-3, 3], time_mix in [0, 1], LayerNorm weights near 1."""
+    import numpy as np
+
+    from rwkv_np.weights import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for name, shape in expected_shapes(config).items():
+        if "time_decay" in name:
+            x = rng.uniform(-6, 3, shape)
+        elif "time_first" in name:
+            x = rng.uniform(-3, 3, shape)
+        elif "time_mix" in name:
+            x = rng.uniform(0, 1, shape)
+        elif name.endswith("ln1.weight") or name.endswith("ln2.weight") or "ln_out.weight" in name \
+                or "pre_ln.weight" in name:
+            x = rng.uniform(0.5, 1.5, shape)
+        else:
+            x = rng.normal(0, scale, shape)
+        sd[name] = x.astype(np.float32)
+    return sd
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A saved random HF-layout model: L=7 (so the default rescale_every=6 acts), H=16, odd I."""
+    from rwkv_np import RwkvConfig
+    from rwkv_np.weights import save_pretrained
+
+    config = RwkvConfig(vocab_size=61, hidden_size=16, num_hidden_layers=7, intermediate_size=37)
+    save_pretrained(tmp_path, config, random_state_dict(config))
+    return tmp_path
