@@ -1,0 +1,207 @@
+"""Tokenizers for RWKV-4 models, and a UTF-8-safe incremental decoder for streaming.
+
+Two kinds, one interface (`encode`, `decode`, `token_bytes`, `__call__`):
+  * `BpeTokenizer` -- a byte-level BPE `tokenizer.json` read with the `tokenizers` library. The
+    RWKV-4 Pile models use GPT-NeoX-20B's (vocab 50277, added tokens included): "\\n" -> [187],
+    "\\n\\n" -> [535], "This is an example." -> [1552, 310, 271, 1650, 15]. Its normalizer is NFC,
+    so decode(encode(x)) == x holds for NFC text (other text comes back NFC-normalized).
+  * `ByteTokenizer` -- token id = one UTF-8 byte (vocab 256), for byte models such as rwkv.cpp's
+    tiny test models; used when a model directory has no tokenizer.json and vocab_size is 256.
+
+Every token of both kinds is a fixed byte string (`token_bytes`), so text is decoded from bytes:
+`StreamDecoder` feeds those bytes through an incremental UTF-8 decoder and therefore never emits
+half a character, however the tokens cut the bytes.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+
+import numpy as np
+
+from .errors import InputError, ModelFileError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's): char of a token string -> the byte it stands for.
+
+    Printable Latin-1 bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68 bytes
+    (controls, space, soft hyphen...) are moved, in byte order, to chars 256, 257, ... so that every
+    token string is printable. Inverting the map turns a vocabulary entry back into raw bytes.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    char_to_byte = {chr(b): b for b in printable}
+    moved = 0
+    for b in range(256):
+        if b not in printable:
+            char_to_byte[chr(256 + moved)] = b
+            moved += 1
+    return char_to_byte
+
+
+class Tokenizer:
+    """Common interface. Subclasses set `vocab_size`, `eos_token_id`, `pad_token_id` and implement
+    `encode` and `token_bytes`; decoding, batching and streaming are shared."""
+
+    vocab_size: int
+    eos_token_id: int | None
+    pad_token_id: int
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "Tokenizer":
+        """The tokenizer of a model directory (or a tokenizer.json path).
+
+        `<dir>/tokenizer.json` -> BpeTokenizer. Without one, a model whose config.json says
+        vocab_size 256 gets a ByteTokenizer (`vocab_size` overrides the config lookup).
+        """
+        path = os.fspath(path)
+        if os.path.isfile(path):
+            return BpeTokenizer.from_file(path)
+        file = os.path.join(path, TOKENIZER_FILE)
+        if os.path.isfile(file):
+            return BpeTokenizer.from_file(file)
+        if vocab_size is None:
+            from .config import RwkvConfig  # only for the byte-model fallback
+            vocab_size = RwkvConfig.from_pretrained(path).vocab_size
+        if vocab_size == 256:
+            return ByteTokenizer()
+        raise ModelFileError(f"{file}: not found (only byte models, vocab_size 256, need no tokenizer.json;"
+                             f" this model has vocab_size {vocab_size})")
+
+    # -- to implement ----------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes a token stands for (may be part of a UTF-8 character)."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------------
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode_bytes(self, ids) -> bytes:
+        return b"".join(self.token_bytes(int(i)) for i in np.asarray(ids, dtype=np.int64).reshape(-1))
+
+    def decode(self, ids) -> str:
+        """Text of a 1-D id sequence; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def batch_decode(self, rows) -> list[str]:
+        return [self.decode(row) for row in rows]
+
+    def __call__(self, text: str | list[str], return_tensors: str | None = "np") -> dict:
+        """HF-style encoding. A str gives {"input_ids": (1, T) int64, "attention_mask": (1, T)}.
+
+        A list of str gives (B, T_max) arrays, shorter rows LEFT-padded with pad_token_id and
+        attention_mask 0 there; `generate` drops the padding, so it never reaches the model (RWKV
+        has no attention mask). return_tensors=None gives ragged lists of ids instead, no padding.
+        """
+        single = isinstance(text, str)
+        if not single and not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
+            raise InputError(f"tokenizer: text must be a str or a list of str, got {type(text).__name__}")
+        rows = self.encode_batch([text] if single else list(text))
+        if return_tensors is None:
+            ids = rows[0] if single else rows
+            mask = [1] * len(ids) if single else [[1] * len(r) for r in rows]
+            return {"input_ids": ids, "attention_mask": mask}
+        if return_tensors != "np":
+            raise InputError(f"tokenizer: return_tensors must be 'np' or None, got {return_tensors!r}")
+        width = max((len(r) for r in rows), default=0)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)  # (B, T)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)             # (B, T)
+        for b, row in enumerate(rows):
+            if row:
+                input_ids[b, width - len(row):] = row
+                attention_mask[b, width - len(row):] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class BpeTokenizer(Tokenizer):
+    """A byte-level BPE tokenizer.json (the GPT-NeoX-20B one of the RWKV-4 Pile models)."""
+
+    def __init__(self, backend, source: str = "<tokenizer>"):
+        self.backend = backend  # tokenizers.Tokenizer
+        self.source = source
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        alphabet = _byte_level_alphabet()
+        added = {t.content for t in backend.get_added_tokens_decoder().values()}
+        pieces = [backend.id_to_token(i) for i in range(self.vocab_size)]
+        stray = set("".join(p for p in pieces if p is not None and p not in added)) - alphabet.keys()
+        if stray:
+            raise ModelFileError(f"{source}: tokens use {sorted(stray)[:5]!r}, which are not byte-level BPE"
+                                 " characters; rwkv_np reads byte-level tokenizers only")
+        to_latin1 = str.maketrans({c: chr(b) for c, b in alphabet.items()})
+        self._bytes: list[bytes] = [
+            b"" if p is None                       # a hole in the id range decodes to nothing
+            else p.encode("utf-8") if p in added   # added tokens are stored as plain text
+            else p.translate(to_latin1).encode("latin-1")
+            for p in pieces]
+        self.eos_token_id = backend.token_to_id("<|endoftext|>")
+        self.pad_token_id = self.eos_token_id if self.eos_token_id is not None else 0
+
+    @classmethod
+    def from_file(cls, file: str) -> "BpeTokenizer":
+        import tokenizers
+        try:
+            backend = tokenizers.Tokenizer.from_file(file)
+        except FileNotFoundError:
+            raise ModelFileError(f"{file}: not found") from None
+        except Exception as e:  # tokenizers raises a plain Exception on malformed JSON
+            raise ModelFileError(f"{file}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+        decoder = type(backend.decoder).__name__ if backend.decoder is not None else None
+        if decoder != "ByteLevel":
+            raise ModelFileError(f"{file}: decoder is {decoder!r}; rwkv_np reads byte-level BPE (ByteLevel) only")
+        return cls(backend, source=file)
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"tokenizer: text must be a str, got {type(text).__name__}")
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < self.vocab_size:
+            raise InputError(f"tokenizer: token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        return self._bytes[token_id]
+
+
+class ByteTokenizer(Tokenizer):
+    """Token id = byte value (vocab 256): text is its UTF-8 bytes. No end-of-text token."""
+
+    vocab_size = 256
+    eos_token_id = None
+    pad_token_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"tokenizer: text must be a str, got {type(text).__name__}")
+        return list(text.encode("utf-8"))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < 256:
+            raise InputError(f"tokenizer: token id {token_id} is outside the byte vocabulary [0, 256)")
+        return bytes((token_id,))
+
+
+class StreamDecoder:
+    """Turns tokens into text as they arrive, one piece per `push`, never splitting a character.
+
+    Bytes of an unfinished UTF-8 character are held until the token that completes it arrives;
+    `flush()` ends the stream (left-over bytes of a broken character become U+FFFD).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_ids) -> str:
+        return self._utf8.decode(self.tokenizer.decode_bytes(token_ids))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
