@@ -7,6 +7,16 @@ sizes (innermost first, so reversed for NumPy), the name (BlinkDL's), then the r
 Two differences from a BlinkDL checkpoint: `att.time_decay` is stored already as -exp(decay)
 (we take the log back, so the state dict holds HF's raw value), and time_mix_* / time_first
 are stored flat (H,) rather than (1, 1, H).
+
+Quantized matrices (file version 101, ggml's layout since 2023-05) are dequantized to float32 at
+load, exactly as ggml does before a matrix product. Values run in blocks of 32 along the
+innermost dimension; each block stores a float16 scale d (and an offset m for the _1 kinds):
+    Q5_0 (type 7, 22 bytes):  d, qh uint32, qs[16]  ->  x_j = (q_j - 16) * d
+    Q5_1 (type 8, 24 bytes):  d, m, qh uint32, qs[16] ->  x_j = q_j * d + m
+    Q8_0 (type 9, 34 bytes):  d, qs int8[32]        ->  x_j = qs_j * d
+where for the 5-bit kinds q_j = low nibble of qs[j] (j < 16) or high nibble of qs[j-16]
+(j >= 16), plus bit j of qh as its fifth bit (value 16). Version 100 files used an older,
+incompatible quantized layout and are refused.
 """
 from __future__ import annotations
 
@@ -21,6 +31,26 @@ from .weights import check_state_dict, hf_name
 
 MAGIC = 0x67676D66
 _TYPES = {0: np.float32, 1: np.float16}
+QUANTIZED = {7: ("Q5_0", 22), 8: ("Q5_1", 24), 9: ("Q8_0", 34)}  # type -> (name, bytes per 32 values)
+QK = 32
+
+
+def dequantize(raw: np.ndarray, kind: int) -> np.ndarray:  # raw (n_blocks * block bytes,) uint8 -> (n_blocks * 32,)
+    """ggml's blocks of 32 quantized values -> float32 (see the module docstring for the layouts)."""
+    name, size = QUANTIZED[kind]
+    blocks = raw.reshape(-1, size)
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)                     # (n, 1)
+    if name == "Q8_0":
+        return (blocks[:, 2:].view(np.int8).astype(np.float32) * d).reshape(-1)
+    start = 4 if name == "Q5_1" else 2
+    qh = blocks[:, start:start + 4].copy().view("<u4")                            # (n, 1)
+    qs = blocks[:, start + 4:]                                                    # (n, 16)
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int32)             # (n, 32)
+    q |= ((qh >> np.arange(QK, dtype=np.uint32)) & 1).astype(np.int32) << 4
+    if name == "Q5_0":
+        return ((q - 16).astype(np.float32) * d).reshape(-1)
+    m = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
+    return (q.astype(np.float32) * d + m).reshape(-1)
 
 
 def is_rwkvcpp(path) -> bool:
@@ -32,7 +62,8 @@ def is_rwkvcpp(path) -> bool:
 
 
 def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndarray]]:
-    """(config, state dict) of an rwkv.cpp RWKV-4 file; F32 tensors are memory-mapped."""
+    """(config, state dict) of an rwkv.cpp RWKV-4 file; F32 tensors are memory-mapped, quantized
+    ones dequantized to float32."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -55,15 +86,22 @@ def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndar
         off += 12 + 4 * n_dims
         name = bytes(buf[off:off + name_len]).decode("utf-8", "replace")
         off += name_len
-        if kind not in _TYPES:
-            raise ModelFileError(f"{path}: tensor {name!r} has type {kind}; rwkv_np reads F32 (0) and F16 (1)")
-        if min(dims) < 1:
+        if kind not in _TYPES and kind not in QUANTIZED:
+            raise ModelFileError(f"{path}: tensor {name!r} has type {kind}; rwkv_np reads F32 (0), F16 (1), "
+                                 "Q5_0 (7), Q5_1 (8) and Q8_0 (9)")
+        if kind in QUANTIZED and version < 101:
+            raise ModelFileError(f"{path}: tensor {name!r} is {QUANTIZED[kind][0]} in file version {version}, "
+                                 "whose old quantized layout rwkv_np does not read (re-quantize with rwkv.cpp)")
+        if min(dims) < 1 or (kind in QUANTIZED and dims[-1] % QK):
             raise ModelFileError(f"{path}: tensor {name!r} has impossible shape {dims}")
         count = int(np.prod(dims))
-        nbytes = count * np.dtype(_TYPES[kind]).itemsize
+        nbytes = count * np.dtype(_TYPES[kind]).itemsize if kind in _TYPES else count // QK * QUANTIZED[kind][1]
         if off + nbytes > len(buf):
             raise ModelFileError(f"{path}: tensor {name!r} needs {nbytes} bytes, the file ends first")
-        x = np.frombuffer(buf, np.dtype(_TYPES[kind]).newbyteorder("<"), count, off).reshape(dims)
+        if kind in _TYPES:
+            x = np.frombuffer(buf, np.dtype(_TYPES[kind]).newbyteorder("<"), count, off).reshape(dims)
+        else:
+            x = dequantize(np.frombuffer(buf, np.uint8, nbytes, off), kind).reshape(dims)
         off += nbytes
         tensors[hf_name(name)] = x
     H = int(n_embed)
