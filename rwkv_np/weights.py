@@ -11,6 +11,7 @@ safetensors package's NumPy API copies every tensor into memory and cannot repre
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 
@@ -65,6 +66,27 @@ def check_state_dict(tensors: dict, config: RwkvConfig, source: str, head: bool 
         got = tuple(tensors[name].shape)
         if got != shape:
             raise ModelFileError(f"{source}: {name} has shape {got}, the config implies {shape}")
+        if not (isinstance(tensors[name], _Bf16) or np.issubdtype(tensors[name].dtype, np.floating)):
+            raise ModelFileError(f"{source}: {name} has dtype {tensors[name].dtype}, "
+                                 f"expected a floating-point type")
+
+
+def check_finite(tensors: dict, source: str) -> None:
+    """Raise ModelFileError naming the first tensor that holds a NaN or an infinity.
+
+    Scans in slices of 2**22 values so that a large memory-mapped tensor needs no big temporary."""
+    for name, x in tensors.items():
+        flat = x.reshape(-1)
+        for start in range(0, flat.size, 1 << 22):
+            part = flat[start:start + (1 << 22)]
+            if isinstance(x, _Bf16):  # bfloat16 bits: non-finite iff the 8 exponent bits are all 1
+                bad = (part.view(np.ndarray) & 0x7F80) == 0x7F80
+            else:
+                bad = ~np.isfinite(part)
+            if bad.any():
+                raise ModelFileError(f"{source}: tensor {name} holds non-finite values (NaN or inf) "
+                                     f"at flat index {start + int(np.argmax(bad))}; "
+                                     f"pass allow_nonfinite=True to load it anyway")
 
 
 def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
@@ -103,7 +125,7 @@ def read_safetensors(file: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 raise ModelFileError(f"{file}: header length {n} exceeds the file ({size} bytes)")
             try:
                 header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise ModelFileError(f"{file}: header is not valid JSON ({e})") from None
             if not isinstance(header, dict):
                 raise ModelFileError(f"{file}: header is not a JSON object")
@@ -111,31 +133,41 @@ def read_safetensors(file: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except OSError as e:
         raise ModelFileError(f"{file}: cannot read ({e.strerror})") from None
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{file}: __metadata__ is not a JSON object")
     body = size - 8 - n
     tensors, spans = {}, []
     for name, info in header.items():
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelFileError(f"{file}: tensor {name!r} has a malformed or unsupported header entry "
-                                 f"{info!r}") from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= body \
-                or end - begin != count * np.dtype(dtype).itemsize:
-            raise ModelFileError(f"{file}: tensor {name!r} (shape {shape}, {info['dtype']}) has data "
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{file}: tensor {name!r} has a malformed header entry {info!r}")
+        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise ModelFileError(f"{file}: tensor {name!r} has unsupported dtype {code!r} "
+                                 f"(rwkv_np reads {', '.join(_DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_index(s) for s in shape):
+            raise ModelFileError(f"{file}: tensor {name!r} has malformed shape {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_index(o) for o in offsets):
+            raise ModelFileError(f"{file}: tensor {name!r} has malformed data_offsets {offsets!r}")
+        dtype, shape, (begin, end) = _DTYPES[code], tuple(shape), offsets
+        count = math.prod(shape)  # a Python int: cannot overflow, unlike np.prod
+        if not begin <= end <= body or end - begin != count * np.dtype(dtype).itemsize:
+            raise ModelFileError(f"{file}: tensor {name!r} (shape {shape}, {code}) has data "
                                  f"offsets [{begin}, {end}] that do not fit its size or the file")
         spans.append((begin, end, name))
         tensors[name] = np.frombuffer(buf, dtype, count, 8 + n + begin).reshape(shape) if count \
             else np.zeros(shape, dtype)
-        if info["dtype"] == "BF16":
+        if code == "BF16":
             tensors[name] = tensors[name].view(_Bf16)
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise ModelFileError(f"{file}: tensors {n0!r} and {n1!r} overlap")
     return tensors, meta
+
+
+def _is_index(x) -> bool:
+    """A JSON value usable as a size or offset: a non-negative integer (not a bool, not 2.0)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class _Bf16(np.ndarray):
@@ -182,8 +214,11 @@ def _shards(index: str) -> list[str]:
         with open(index, encoding="utf-8") as f:
             weight_map = json.load(f)["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError,
+            AttributeError) as e:
         raise ModelFileError(f"{index}: not a valid safetensors index ({e!r})") from None
+    if not all(isinstance(n, str) for n in names):
+        raise ModelFileError(f"{index}: weight_map values must be shard file names (strings)")
     files = [os.path.join(os.path.dirname(index), n) for n in names]
     for file, name in zip(files, names):
         if os.path.basename(name) != name or not os.path.isfile(file):
