@@ -73,8 +73,10 @@ class RwkvConfig:
                 d = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"{file}: not found (a model directory needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"{file}: not valid JSON ({e})") from None
+        except OSError as e:  # a directory, no permission...
+            raise ConfigError(f"{file}: cannot read ({e.strerror})") from None
         try:
             return cls.from_dict(d)
         except ConfigError as e:
