@@ -20,7 +20,7 @@ from .config import RwkvConfig
 from .errors import InputError
 from .linear import linear
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
-from .weights import as_float, check_state_dict, load_state_dict
+from .weights import as_float, check_finite, check_state_dict, load_state_dict
 from .wkv import wkv_forward
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -151,19 +151,24 @@ class RwkvModel:
         self.ln_out = (as_float(tensors["rwkv.ln_out.weight"], d), as_float(tensors["rwkv.ln_out.bias"], d))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype="float32") -> "RwkvModel":
-        """Load an HF model directory (config.json + model.safetensors or a sharded index)."""
-        config, tensors = load_pretrained(path, head=False)
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", allow_nonfinite=False) -> "RwkvModel":
+        """Load an HF model directory (config.json + model.safetensors or a sharded index).
+        Weights holding NaN or inf are refused unless allow_nonfinite=True."""
+        config, tensors = load_pretrained(path, head=False, allow_nonfinite=allow_nonfinite)
         return cls(config, tensors, dtype)
 
     def embed(self, input_ids):  # (B, T) ints -> (B, T, H)
-        ids = np.asarray(input_ids)
+        try:
+            ids = np.asarray(input_ids)
+        except (ValueError, TypeError) as e:  # ragged nested lists...
+            raise InputError(f"input_ids: not an array of token ids ({e})") from None
         if ids.ndim == 1:
             ids = ids[None]
         if ids.ndim != 2 or ids.size == 0:
             raise InputError(f"input_ids: expected a non-empty (B, T) or (T,) array, got shape {ids.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
-            if not (np.issubdtype(ids.dtype, np.floating) and np.all(ids == np.round(ids))):
+            if not (np.issubdtype(ids.dtype, np.floating) and np.all(np.isfinite(ids))
+                    and np.all(ids == np.round(ids))):
                 raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
             ids = ids.astype(np.int64)
         V = self.config.vocab_size
@@ -213,9 +218,11 @@ class RwkvForCausalLM:
             self.head = as_float(self.head, self.rwkv.dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype="float32") -> "RwkvForCausalLM":
-        """Load an HF model directory (config.json + model.safetensors or a sharded index)."""
-        config, tensors = load_pretrained(path, head=True)
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32",
+                        allow_nonfinite=False) -> "RwkvForCausalLM":
+        """Load an HF model directory (config.json + model.safetensors or a sharded index).
+        Weights holding NaN or inf are refused unless allow_nonfinite=True."""
+        config, tensors = load_pretrained(path, head=True, allow_nonfinite=allow_nonfinite)
         return cls(config, tensors, dtype)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
@@ -234,7 +241,7 @@ class RwkvForCausalLM:
                                   hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-def load_pretrained(path, head: bool) -> tuple[RwkvConfig, dict]:
+def load_pretrained(path, head: bool, allow_nonfinite: bool = False) -> tuple[RwkvConfig, dict]:
     """Config and checked state dict of a model directory; `head` False for a bare RwkvModel."""
     config = RwkvConfig.from_pretrained(path)
     tensors = load_state_dict(path)
@@ -243,6 +250,8 @@ def load_pretrained(path, head: bool) -> tuple[RwkvConfig, dict]:
     if not head:
         tensors.pop("head.weight", None)
     check_state_dict(tensors, config, os.fspath(path), head=head)
+    if not allow_nonfinite:
+        check_finite(tensors, os.fspath(path))
     return config, tensors
 
 
@@ -251,6 +260,9 @@ def cross_entropy(logits, labels) -> float:  # logits (B, T, V), labels (B, T)
     labels = np.atleast_2d(np.asarray(labels))
     if labels.shape != logits.shape[:2]:
         raise InputError(f"labels: expected shape {logits.shape[:2]}, got {labels.shape}")
+    V = logits.shape[-1]
+    if not np.issubdtype(labels.dtype, np.integer) or np.any((labels != -100) & ((labels < 0) | (labels >= V))):
+        raise InputError(f"labels: expected integer token ids in [0, {V}) or -100 (ignored)")
     z = logits[:, :-1].astype(np.float64)
     target = labels[:, 1:]
     keep = target != -100
