@@ -38,7 +38,10 @@ def check_state(state, config: RwkvConfig, batch: int, dtype=np.float32) -> list
     H, A, L = config.hidden_size, config.attention_hidden_size, config.num_hidden_layers
     out = []
     for i, s in enumerate(state):
-        s = np.asarray(s)
+        try:
+            s = np.asarray(s)
+        except (ValueError, TypeError) as e:  # ragged nested lists...
+            raise InputError(f"state[{i}] ({NAMES[i]}): not an array ({e})") from None
         want = (batch, H if i <= ATT_X else A, L)
         if s.shape != want:
             raise InputError(f"state[{i}] ({NAMES[i]}): expected shape {want} (batch, channels, layers), "
