@@ -1,0 +1,176 @@
+"""Checkpoints and states of the other RWKV engines -> rwkv_np's (HF's) layout, and back.
+
+Weights: `load_checkpoint(src)` reads any of
+    an HF model directory or .safetensors file     (weights.load_state_dict)
+    a BlinkDL .pth / HF pytorch_model.bin           (pth.py: restricted unpickler, no torch)
+    an rwkv.cpp .bin (F32, F16, Q5_0, Q5_1, Q8_0)   (rwkvcpp.py)
+into (config, state dict with HF names); `convert(src, out_dir)` writes it as an HF safetensors
+directory. Names follow weights.hf_name; values are unchanged (quantized rwkv.cpp tensors are
+written dequantized, as float32).
+
+States: one sequence's recurrent state in each engine's layout (L layers, H channels):
+    HF / rwkv_np   list of 5 arrays (B, H, L): [ffn_x, att_x, num, den, max]      (state.py)
+    rwkv pip       list of 5*L arrays (H,), per layer [att_x, num, den, max, ffn_x]
+                   (BlinkDL's `rwkv` package, RWKV-4; its name for num/den/max is aa/bb/pp)
+    rwkv.cpp       one float32 array (5*L*H,), per layer [ffn_x, att_x, num, den, max]
+The values mean the same in all three (num and den scaled by e^-max, max = -1e38 or -1e30 for
+"no token yet"), so conversion is a pure re-arrangement and round-trips exactly.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from .config import RwkvConfig
+from .errors import InputError, ModelFileError
+from .pth import is_torch_zip, read_torch_zip
+from .rwkvcpp import is_rwkvcpp, read_rwkvcpp
+from .state import ATT_X, DEN, FFN_X, MAX, NUM
+from .weights import check_state_dict, hf_name, load_state_dict, save_pretrained
+
+PIP_ORDER = (ATT_X, NUM, DEN, MAX, FFN_X)     # rwkv pip: state[5*i + j] is HF's PIP_ORDER[j]
+RWKVCPP_ORDER = (FFN_X, ATT_X, NUM, DEN, MAX)  # rwkv.cpp: the same order as HF's list
+
+
+# ---------------------------------------------------------------- weights
+
+def load_checkpoint(src: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndarray]]:
+    """(config, state dict with HF RwkvForCausalLM names) of any supported checkpoint."""
+    src = os.fspath(src)
+    if os.path.isdir(src):
+        if not any(os.path.exists(os.path.join(src, f)) for f in
+                   ("model.safetensors", "model.safetensors.index.json")) \
+                and os.path.isfile(os.path.join(src, "pytorch_model.bin")):
+            return load_checkpoint(os.path.join(src, "pytorch_model.bin"))
+        config = RwkvConfig.from_pretrained(src)
+        tensors = load_state_dict(src)
+    elif not os.path.isfile(src):
+        raise ModelFileError(f"{src}: no such file or directory")
+    elif is_rwkvcpp(src):
+        return read_rwkvcpp(src)
+    elif is_torch_zip(src):
+        tensors = _hf_names(read_torch_zip(src), src)
+        config = _sibling_config(src) or infer_config(tensors, src)
+    elif src.endswith(".safetensors"):
+        tensors = load_state_dict(src)
+        config = _sibling_config(src) or infer_config(tensors, src)
+    else:
+        raise ModelFileError(f"{src}: not an HF model directory, .safetensors, torch .pth/.bin or rwkv.cpp .bin")
+    if config.tie_word_embeddings and "rwkv.embeddings.weight" in tensors:
+        tensors.setdefault("head.weight", tensors["rwkv.embeddings.weight"])
+    check_state_dict(tensors, config, src)
+    return config, tensors
+
+
+def _hf_names(state_dict: dict, source: str) -> dict:
+    """BlinkDL names (`emb.weight`, `blocks.0.att.key.weight`...) or HF ones -> HF RwkvForCausalLM names."""
+    if len(state_dict) == 1 and isinstance(next(iter(state_dict.values())), dict):
+        state_dict = next(iter(state_dict.values()))  # {"state_dict": {...}} wrappers
+    blinkdl = "emb.weight" in state_dict
+    out = {}
+    for name, x in state_dict.items():
+        if not isinstance(x, np.ndarray):
+            raise ModelFileError(f"{source}: entry {name!r} is a {type(x).__name__}, not a tensor")
+        if blinkdl:
+            out[hf_name(name)] = x
+        else:  # HF's names; a bare RwkvModel's lack the `rwkv.` prefix
+            out[name if name.startswith("rwkv.") or name == "head.weight" else "rwkv." + name] = x
+    return out
+
+
+def _sibling_config(file: str) -> RwkvConfig | None:
+    config = os.path.join(os.path.dirname(os.path.abspath(file)), "config.json")
+    return RwkvConfig.from_pretrained(config) if os.path.isfile(config) else None
+
+
+def infer_config(tensors: dict, source: str) -> RwkvConfig:
+    """The config a BlinkDL checkpoint implies: sizes from tensor shapes, HF's defaults
+    otherwise (as HF's own conversion script does, so rescale_every is 6)."""
+    try:
+        V, H = tensors["rwkv.embeddings.weight"].shape
+        layers = {int(m.group(1)) for n in tensors if (m := re.match(r"rwkv\.blocks\.(\d+)\.", n))}
+        return RwkvConfig(vocab_size=int(V), hidden_size=int(H), num_hidden_layers=max(layers) + 1,
+                          attention_hidden_size=int(tensors["rwkv.blocks.0.attention.key.weight"].shape[0]),
+                          intermediate_size=int(tensors["rwkv.blocks.0.feed_forward.key.weight"].shape[0]))
+    except (KeyError, ValueError) as e:
+        raise ModelFileError(f"{source}: cannot infer the model's sizes (missing or odd tensor: {e})") from None
+
+
+def convert(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None) -> RwkvConfig:
+    """Write `src` (any supported checkpoint) as an HF directory: config.json + model.safetensors."""
+    config, tensors = load_checkpoint(src)
+    save_pretrained(out_dir, config, tensors, dtype)
+    return config
+
+
+def add_convert_parser(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="write a .pth / pytorch_model.bin / rwkv.cpp .bin as an HF "
+                                              "safetensors directory (torch not needed)")
+    p.add_argument("src", help="BlinkDL .pth, HF pytorch_model.bin (or its directory), rwkv.cpp .bin, "
+                               "or an HF safetensors model")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="store every tensor in this dtype (default: keep each tensor's own)")
+    p.set_defaults(func=convert_main)
+
+
+def convert_main(args) -> int:
+    config = convert(args.src, args.out, args.dtype)
+    print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"vocab {config.vocab_size}")
+    return 0
+
+
+# ---------------------------------------------------------------- states
+
+def _check_hf(state, index: int):
+    if not isinstance(state, (list, tuple)) or len(state) != 5:
+        raise InputError("state: expected HF's list of 5 arrays [ffn_x, att_x, num, den, max]")
+    state = [np.asarray(s) for s in state]
+    if any(s.ndim != 3 or s.shape != state[0].shape for s in state):
+        raise InputError(f"state: expected 5 arrays of one shape (B, H, L), got {[s.shape for s in state]}")
+    if not 0 <= index < state[0].shape[0]:
+        raise InputError(f"index: {index} is outside the batch of {state[0].shape[0]}")
+    return state
+
+
+def hf_to_rwkv_pip(state, index: int = 0) -> list[np.ndarray]:  # 5 x (B, H, L) -> 5L x (H,)
+    """Sequence `index` of an HF state as BlinkDL's `rwkv` package holds it (wrap each array in
+    torch.from_numpy to pass it to rwkv.model.RWKV.forward)."""
+    state = _check_hf(state, index)
+    L = state[0].shape[2]
+    return [np.array(state[j][index, :, i]) for i in range(L) for j in PIP_ORDER]
+
+
+def rwkv_pip_to_hf(tensors) -> list[np.ndarray]:  # 5L x (H,) -> 5 x (1, H, L)
+    """A BlinkDL `rwkv` package state (torch tensors or arrays) -> HF's list of five (1, H, L)."""
+    arrays = [np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t) for t in tensors]
+    if not arrays or len(arrays) % 5 or any(a.shape != arrays[0].shape or a.ndim != 1 for a in arrays):
+        raise InputError(f"rwkv pip state: expected 5*L arrays of one shape (H,), got {len(arrays)} "
+                         f"of shapes {sorted({a.shape for a in arrays})}")
+    L = len(arrays) // 5
+    state = [None] * 5
+    for j, hf in enumerate(PIP_ORDER):
+        state[hf] = np.stack([arrays[5 * i + j] for i in range(L)], axis=-1)[None]
+    return state
+
+
+def hf_to_rwkvcpp(state, index: int = 0) -> np.ndarray:  # 5 x (B, H, L) -> (5*L*H,) float32
+    """Sequence `index` of an HF state as rwkv.cpp's flat float32 state buffer."""
+    state = _check_hf(state, index)
+    per_layer = np.stack([state[j][index] for j in RWKVCPP_ORDER])  # (5, H, L)
+    return np.ascontiguousarray(per_layer.transpose(2, 0, 1), dtype=np.float32).reshape(-1)
+
+
+def rwkvcpp_to_hf(flat, n_layer: int) -> list[np.ndarray]:  # (5*L*H,) -> 5 x (1, H, L)
+    """rwkv.cpp's flat state buffer (or a file of it, read with np.fromfile) -> HF's list."""
+    flat = np.asarray(flat).reshape(-1)
+    if n_layer < 1 or flat.size % (5 * n_layer):
+        raise InputError(f"rwkv.cpp state: {flat.size} values is not 5 x {n_layer} layers x H")
+    per_layer = flat.reshape(n_layer, 5, -1)                         # (L, 5, H)
+    state = [None] * 5
+    for j, hf in enumerate(RWKVCPP_ORDER):
+        state[hf] = np.ascontiguousarray(per_layer[:, j].T)[None]    # (1, H, L)
+    return state
