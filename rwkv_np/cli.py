@@ -1,0 +1,361 @@
+"""rwkv-np: generate, chat, score and inspect RWKV-4 models from the command line.
+
+    rwkv-np generate "Once upon a time" --max-new-tokens 50 --seed 1
+    echo "Hello" | rwkv-np generate --temperature 0          # prompt from stdin, greedy
+    printf 'Hi!\\nWhat did I say?\\n' | rwkv-np chat          # one turn per line; state carried
+    rwkv-np score text.txt                                    # perplexity, nats/char, bits/byte
+    rwkv-np info --model path/to/model
+
+`--model` defaults to the demo model shipped in rwkv_np/assets/. Any rwkv_np error ends the
+program with one line on stderr and exit status 2 (`--debug` shows the traceback instead).
+
+Adding a subcommand: write `add_<name>(subparsers)`, which builds its parser and sets
+`run=<function(args) -> exit status>`, and list it in COMMANDS.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+from .errors import InputError, RwkvError
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+def demo_model_dir() -> str | None:
+    """The model shipped in rwkv_np/assets/<name>/ (the first directory holding a config.json)."""
+    found = sorted(glob.glob(os.path.join(ASSETS, "*", "config.json")))
+    return os.path.dirname(found[0]) if found else None
+
+
+def common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error (default: one line on stderr)")
+    return p
+
+
+def model_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", metavar="DIR", default=demo_model_dir(),
+                   help="HF-layout model directory (config.json, model.safetensors, tokenizer.json);"
+                        " default: the demo model in rwkv_np/assets/")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
+    return p
+
+
+def sampling_options(max_new_tokens: int) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (argmax)")
+    g.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="HF repetition penalty on tokens of the prompt and output (1 = off)")
+    g.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtracted from the logit of every token generated so far (ChatRWKV)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtracted per (decayed) occurrence of a generated token (ChatRWKV)")
+    g.add_argument("--penalty-decay", type=float, default=0.996,
+                   help="occurrence counts are multiplied by this after every token")
+    g.add_argument("--ban", type=int, action="append", default=[], metavar="ID",
+                   help="token id that is never generated (repeatable)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when the output contains TEXT, printed without it; \\n and \\t are"
+                        " understood (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+    g.add_argument("--prefill-chunk-size", type=int, default=256, help="prompt tokens per model call")
+    return p
+
+
+def unescape(text: str) -> str:
+    """'\\n', '\\t' and '\\\\' typed on a command line -> newline, tab, backslash."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def load(args):
+    """(model, tokenizer) of --model."""
+    from .model import RwkvForCausalLM
+    from .tokenizer import Tokenizer
+
+    if args.model is None:
+        raise InputError("--model: no model directory given, and no demo model in rwkv_np/assets/")
+    if not os.path.isdir(args.model):
+        raise InputError(f"--model: {args.model} is not a directory")
+    model = RwkvForCausalLM.from_pretrained(args.model, dtype=args.dtype)
+    return model, Tokenizer.from_pretrained(args.model, vocab_size=model.config.vocab_size)
+
+
+def generation_kwargs(args, stops=()) -> dict:
+    greedy = args.temperature == 0
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=not greedy,
+                temperature=1.0 if greedy else args.temperature,
+                top_k=args.top_k or None, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                penalty_decay=args.penalty_decay, suppress_tokens=args.ban,
+                stop_strings=[unescape(s) for s in args.stop] + list(stops), seed=args.seed,
+                prefill_chunk_size=args.prefill_chunk_size)
+
+
+def read_text(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what}: cannot read {path} ({e.strerror if isinstance(e, OSError) else e})") from None
+
+
+def print_piece(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# -- generate ------------------------------------------------------------------------------------
+
+def add_generate(sub):
+    p = sub.add_parser("generate", help="continue a prompt", formatter_class=Formatter,
+                       parents=[common_options(), model_options(), sampling_options(200)],
+                       description="Continue PROMPT (or standard input) and print the new text as it is"
+                                   " generated. The prompt itself is not printed.")
+    p.add_argument("prompt", nargs="?", default="-", help="prompt text; '-' reads standard input")
+    p.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
+    p.add_argument("--load-state", metavar="FILE", help="start from a state saved by --save-state or chat's /save")
+    p.add_argument("--save-state", metavar="FILE", help="save the state after the generated text")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from .generation import TextStream
+    from .state_file import load_state, save_state
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model, tokenizer = load(args)
+    if not prompt:
+        raise InputError("prompt: empty (give it as an argument or on standard input)")
+    state = [s for s in load_state(args.load_state, model)] if args.load_state else None
+    stream = TextStream(model, tokenizer, prompt, state=state, **generation_kwargs(args))
+    for piece in stream:
+        if not args.no_stream:
+            print_piece(piece)
+    print_piece((stream.text if args.no_stream else "") + "\n")
+    if args.save_state:
+        save_state(args.save_state, stream.output.state, model, {"tokens": str(len(stream.output.new_tokens[0]))})
+    return 0
+
+
+# -- chat ----------------------------------------------------------------------------------------
+
+CHAT_HELP = "/reset forgets the conversation, /save FILE and /load FILE store and restore it, /quit ends"
+
+
+def add_chat(sub):
+    p = sub.add_parser("chat", help="interactive chat that keeps the state between turns",
+                       formatter_class=Formatter,
+                       parents=[common_options(), model_options(), sampling_options(200)],
+                       description="Read one message per line from standard input (a terminal or a pipe)"
+                                   " and answer it. Each turn is fed as '<user>: message\\n\\n<bot>:' and the"
+                                   " answer ends at a blank line. " + CHAT_HELP + ".")
+    p.add_argument("--user", default="User", help="name the messages are given under")
+    p.add_argument("--bot", default="Bot", help="name the answers are given under")
+    p.add_argument("--load-state", metavar="FILE", help="start from a saved conversation state")
+    p.set_defaults(run=run_chat)
+
+
+def run_chat(args) -> int:
+    from .generation import TextStream
+    from .state_file import load_state, save_state
+
+    model, tokenizer = load(args)
+    interactive = sys.stdin.isatty()
+    state = load_state(args.load_state, model) if args.load_state else None
+    separate = False  # True when the last answer did not end with a blank line
+    if interactive:
+        print(f"rwkv-np chat. {CHAT_HELP}.", file=sys.stderr)
+    while True:
+        try:
+            line = input(f"{args.user}: ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and line == "":
+            break
+        message = line.strip()
+        command, _, operand = message.partition(" ")
+        if not message:
+            continue
+        if command in ("/quit", "/exit"):
+            break
+        if command == "/reset":
+            state, separate = None, False
+            print("[conversation reset]", flush=True)
+            continue
+        if command in ("/save", "/load"):
+            if not operand:
+                print(f"[{command} needs a file name]", flush=True)
+            elif command == "/save":
+                if state is None:
+                    print("[nothing to save yet]", flush=True)
+                else:
+                    save_state(operand, state, model, {"user": args.user, "bot": args.bot})
+                    print(f"[saved to {operand}]", flush=True)
+            else:
+                try:
+                    state, separate = load_state(operand, model), False
+                    print(f"[loaded {operand}]", flush=True)
+                except RwkvError as e:  # a bad file must not end the conversation
+                    print(f"[{e}]", flush=True)
+            continue
+        prompt = ("\n\n" if separate else "") + f"{args.user}: {message}\n\n{args.bot}:"
+        stream = TextStream(model, tokenizer, prompt, state=state,
+                            **generation_kwargs(args, stops=["\n\n", f"\n{args.user}:"]))
+        print_piece(f"{args.bot}:")
+        for piece in stream:
+            print_piece(piece)
+        print_piece("\n")
+        state = stream.output.state
+        separate = stream.output.stop_reasons[0] != "stop_string"
+    return 0
+
+
+# -- score ---------------------------------------------------------------------------------------
+
+def add_score(sub):
+    p = sub.add_parser("score", help="perplexity and bits per byte of a text file", formatter_class=Formatter,
+                       parents=[common_options(), model_options()],
+                       description="Feed FILE through the model in chunks carried by the state and report how"
+                                   " well each token is predicted from the ones before it (the first token"
+                                   " is not scored). Prints nats/token, perplexity, nats/char and bits/byte.")
+    p.add_argument("file", help="UTF-8 text file; '-' reads standard input")
+    p.add_argument("--chunk-size", type=int, default=256, help="tokens per model call")
+    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
+    p.set_defaults(run=run_score)
+
+
+def run_score(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    text = read_text(args.file, "file")
+    model, tokenizer = load(args)
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size: must be >= 1, got {args.chunk_size}")
+    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    if args.max_tokens > 0:
+        ids = ids[:args.max_tokens]
+    if len(ids) < 2:
+        raise InputError(f"file: {args.file} has {len(ids)} token(s); scoring needs at least 2")
+    nll, state = 0.0, None
+    with tqdm(total=len(ids) - 1, unit="tok", desc="score", file=sys.stderr) as bar:
+        for start in range(0, len(ids) - 1, args.chunk_size):
+            chunk = ids[start:start + args.chunk_size]
+            targets = ids[start + 1:start + 1 + len(chunk)]       # the next token of each position
+            out = model(chunk[None], state=state, use_cache=True)
+            state = out.state
+            z = out.logits[0, :len(targets)].astype(np.float64)   # (T, V)
+            m = z.max(axis=-1)
+            log_z = m + np.log(np.exp(z - m[:, None]).sum(axis=-1))
+            nll += float((log_z - z[np.arange(len(targets)), targets]).sum())
+            bar.update(len(targets))
+    scored = tokenizer.decode_bytes(ids[1:])
+    tokens, chars, nbytes = len(ids) - 1, len(scored.decode("utf-8", errors="replace")), len(scored)
+    print(f"{tokens} tokens, {chars} chars, {nbytes} bytes scored ({args.file})")
+    print(f"{nll / tokens:.6f} nats/token")
+    print(f"{math.exp(nll / tokens):.4f} perplexity")
+    print(f"{nll / chars:.6f} nats/char")
+    print(f"{nll / nbytes / math.log(2):.6f} bits/byte")
+    return 0
+
+
+# -- info ----------------------------------------------------------------------------------------
+
+def add_info(sub):
+    p = sub.add_parser("info", help="config, parameter count, dtypes and size of a model",
+                       formatter_class=Formatter, parents=[common_options(), model_options()],
+                       description="Describe a model directory without running it.")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args) -> int:
+    from collections import Counter
+
+    import numpy as np
+
+    from .config import RwkvConfig
+    from .weights import load_state_dict
+
+    if args.model is None or not os.path.isdir(args.model):
+        raise InputError(f"--model: {args.model} is not a model directory")
+    config = RwkvConfig.from_pretrained(args.model)
+    tensors = load_state_dict(args.model)
+    dtypes = Counter("bfloat16" if type(x).__name__ == "_Bf16" else str(x.dtype) for x in tensors.values())
+    files = [f for f in os.listdir(args.model) if f.endswith(".safetensors") and f.startswith("model")]
+    size = sum(os.path.getsize(os.path.join(args.model, f)) for f in files)
+    tokenizer = "tokenizer.json" if os.path.isfile(os.path.join(args.model, "tokenizer.json")) else \
+        ("bytes (vocab 256)" if config.vocab_size == 256 else "none")
+    info = {"model": os.path.abspath(args.model),
+            "parameters": int(sum(int(np.prod(x.shape)) for x in tensors.values())),
+            "tensors": len(tensors), "dtypes on disk": dict(dtypes), "files": sorted(files),
+            "file size bytes": size, "tokenizer": tokenizer,
+            "config": {k: v for k, v in config.to_dict().items() if k not in config.extra}}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model       {info['model']}")
+    print(f"parameters  {info['parameters']:,} in {info['tensors']} tensors")
+    print(f"dtypes      {', '.join(f'{k} x{v}' for k, v in sorted(dtypes.items()))}")
+    print(f"file size   {size / 2**20:.2f} MiB ({', '.join(sorted(files))})")
+    print(f"tokenizer   {tokenizer}")
+    for key, value in info["config"].items():
+        print(f"  {key:24s} {value}")
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+COMMANDS = [add_generate, add_chat, add_score, add_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rwkv-np", formatter_class=Formatter,
+                                     description="CPU-only RWKV-4 language models on NumPy and Numba.",
+                                     epilog="Run 'rwkv-np COMMAND --help' for the options of a command.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except RwkvError as e:
+        if args.debug:
+            raise
+        print(f"rwkv-np {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `rwkv-np generate ... | head`
+        sys.stderr.close()
+        return 0
