@@ -28,7 +28,7 @@ NAMES = sorted(p.parent.name for p in HF_DIR.glob("*/expected.safetensors"))
 DTYPES = ["float32", "float64"]
 TOL = 1e-5        # logits, hidden states, attentions, state: relative to the tensor's max |ref|
 LOSS_TOL = 1e-6   # loss: relative
-F64_TOL = 1e-6    # float64 engine vs HF run in float64 (whose WKV still rounds keys to float32)
+F64_TOL = 2e-7    # float64 engine vs HF float64 (~4e-8 measured; HF float32 vs float64 is ~6e-7)
 
 
 @functools.lru_cache(maxsize=None)
