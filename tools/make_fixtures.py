@@ -20,7 +20,7 @@ tests/fixtures/hf/<name>/expected.safetensors:
 Metadata: key "fixture", a JSON object with model_class, disk_dtype, chunk_split,
 generate_min_margin, notes and the versions that made it.
 
-Run from the repo root:  python tools/make_fixtures.py   (about a minute; needs torch+transformers)
+Run from the repo root:  python tools/make_fixtures.py   (about 10 s; needs torch + transformers)
 Running it again rewrites the same files (single-threaded torch, fixed seeds).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,6 @@ class Fixture:
     max_shard_size: str | None = None
     float64: bool = False             # also store the HF float64 run (f64.*)
     notes: str = ""
-    extra_save_kwargs: dict = field(default_factory=dict)
 
 
 FIXTURES = [
