@@ -38,15 +38,16 @@ def demo_model_dir() -> str | None:
 def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show the full traceback of an error (default: one line on stderr)")
+                   help="on an error, show the full traceback instead of one line on stderr")
     return p
 
 
 def model_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", metavar="DIR", default=demo_model_dir(),
-                   help="HF-layout model directory (config.json, model.safetensors, tokenizer.json);"
-                        " default: the demo model in rwkv_np/assets/")
+                   help="HF-layout model directory: config.json, model.safetensors (or shards) and"
+                        " tokenizer.json (none for byte models); the default is the demo model in"
+                        " rwkv_np/assets/")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
     return p
 
@@ -54,25 +55,25 @@ def model_options() -> argparse.ArgumentParser:
 def sampling_options(max_new_tokens: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (argmax)")
-    g.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (1 = off)")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0,
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N", help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softmax temperature; 0 = greedy (argmax)")
+    g.add_argument("--top-p", type=float, default=0.85, metavar="P", help="nucleus sampling mass (1 = off)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely tokens (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="X",
                    help="HF repetition penalty on tokens of the prompt and output (1 = off)")
-    g.add_argument("--presence-penalty", type=float, default=0.0,
+    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="X",
                    help="subtracted from the logit of every token generated so far (ChatRWKV)")
-    g.add_argument("--frequency-penalty", type=float, default=0.0,
+    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X",
                    help="subtracted per (decayed) occurrence of a generated token (ChatRWKV)")
-    g.add_argument("--penalty-decay", type=float, default=0.996,
+    g.add_argument("--penalty-decay", type=float, default=0.996, metavar="X",
                    help="occurrence counts are multiplied by this after every token")
     g.add_argument("--ban", type=int, action="append", default=[], metavar="ID",
                    help="token id that is never generated (repeatable)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the output contains TEXT, printed without it; \\n and \\t are"
                         " understood (repeatable)")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
-    g.add_argument("--prefill-chunk-size", type=int, default=256, help="prompt tokens per model call")
+    g.add_argument("--seed", type=int, default=None, metavar="N", help="random seed; None = fresh entropy")
+    g.add_argument("--prefill-chunk-size", type=int, default=256, metavar="N", help="prompt tokens per model call")
     return p
 
 
@@ -243,8 +244,8 @@ def add_score(sub):
                                    " well each token is predicted from the ones before it (the first token"
                                    " is not scored). Prints nats/token, perplexity, nats/char and bits/byte.")
     p.add_argument("file", help="UTF-8 text file; '-' reads standard input")
-    p.add_argument("--chunk-size", type=int, default=256, help="tokens per model call")
-    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
+    p.add_argument("--chunk-size", type=int, default=256, metavar="N", help="tokens per model call")
+    p.add_argument("--max-tokens", type=int, default=0, metavar="N", help="score only the first N tokens (0 = all)")
     p.set_defaults(run=run_score)
 
 
