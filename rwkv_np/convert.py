@@ -105,18 +105,19 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | Non
     return config
 
 
-def add_convert_parser(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="write a .pth / pytorch_model.bin / rwkv.cpp .bin as an HF "
-                                              "safetensors directory (torch not needed)")
+def add_convert(subparsers, parents=()) -> None:
+    p = subparsers.add_parser("convert", parents=list(parents),
+                              help="write a .pth / pytorch_model.bin / rwkv.cpp .bin as an HF safetensors "
+                                   "directory (torch not needed)")
     p.add_argument("src", help="BlinkDL .pth, HF pytorch_model.bin (or its directory), rwkv.cpp .bin, "
                                "or an HF safetensors model")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="store every tensor in this dtype (default: keep each tensor's own)")
-    p.set_defaults(func=convert_main)
+    p.set_defaults(run=run_convert)
 
 
-def convert_main(args) -> int:
+def run_convert(args) -> int:
     config = convert(args.src, args.out, args.dtype)
     print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}")
