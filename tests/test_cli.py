@@ -138,3 +138,14 @@ def test_help_shows_defaults(command):
 def test_module_entry_point_help():
     result = run_cli("--help")
     assert result.returncode == 0 and "generate" in result.stdout and "chat" in result.stdout
+
+
+def test_generate_saves_a_state_that_a_later_run_continues(byte_model, tmp_path, capsys):
+    state = str(tmp_path / "s.safetensors")
+    greedy = ["--model", byte_model, "--temperature", "0"]
+    assert main(["generate", "Once upon", "--max-new-tokens", "0", "--save-state", state, *greedy]) == 0
+    assert capsys.readouterr().out == "\n"  # nothing generated: the state covers the prompt
+    assert main(["generate", " a time", "--max-new-tokens", "12", "--load-state", state, *greedy]) == 0
+    resumed = capsys.readouterr().out
+    assert main(["generate", "Once upon a time", "--max-new-tokens", "12", *greedy]) == 0
+    assert resumed == capsys.readouterr().out
