@@ -198,15 +198,16 @@ def format_report(result: Comparison, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def add_compare(subparsers, parents=()) -> None:
+def add_compare(subparsers, **parser_kwargs) -> None:
+    """Register `rwkv-np compare`; parser_kwargs (parents, formatter_class...) go to add_parser."""
     p = subparsers.add_parser(
-        "compare", parents=list(parents), help="compare another engine's outputs with a golden bundle",
+        "compare", **parser_kwargs, help="compare another engine's outputs with a golden bundle",
         description="Exit status 0 when every tensor is within the golden's recommended tolerance, "
                     "1 when not, 2 on bad input.")
     p.add_argument("golden", help="golden bundle directory (from `rwkv-np golden`)")
     p.add_argument("candidate", help="candidate bundle directory, .safetensors, .npy of logits, or a raw "
                                      "float32 logits file (rwkv.cpp's expected-logits layout)")
-    p.add_argument("--atol-scale", type=float, default=1.0, help="multiply every recommended atol by this")
+    p.add_argument("--atol-scale", type=float, default=1.0, metavar="X", help="multiply every recommended atol by this")
     p.add_argument("--verbose", action="store_true", help="list every compared tensor")
     p.set_defaults(run=run_compare)
 

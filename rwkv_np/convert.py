@@ -105,15 +105,16 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | Non
     return config
 
 
-def add_convert(subparsers, parents=()) -> None:
-    p = subparsers.add_parser("convert", parents=list(parents),
+def add_convert(subparsers, **parser_kwargs) -> None:
+    """Register `rwkv-np convert`; parser_kwargs (parents, formatter_class...) go to add_parser."""
+    p = subparsers.add_parser("convert", **parser_kwargs,
                               help="write a .pth / pytorch_model.bin / rwkv.cpp .bin as an HF safetensors "
                                    "directory (torch not needed)")
     p.add_argument("src", help="BlinkDL .pth, HF pytorch_model.bin (or its directory), rwkv.cpp .bin, "
                                "or an HF safetensors model")
-    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="store every tensor in this dtype (default: keep each tensor's own)")
+                   help="store every tensor in this dtype; unset keeps each tensor's own")
     p.set_defaults(run=run_convert)
 
 

@@ -129,6 +129,10 @@ def model_files(path: str) -> dict[str, str]:
     return {os.path.basename(f): _sha256(f) for f in files if os.path.isfile(f)}
 
 
+def _dtype_name(x) -> str:
+    return "bfloat16" if type(x).__name__ == "_Bf16" else str(x.dtype)
+
+
 def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int = 16,
                  texts: list[str] | None = None, progress: bool = True) -> dict:
     """Run every prompt (a list of token ids) through both paths, write the bundle, return the manifest."""
@@ -176,7 +180,7 @@ def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int 
         "format": FORMAT, "format_version": FORMAT_VERSION, "rwkv_np_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": os.path.abspath(model_path), "files_sha256": model_files(model_path),
-                  "config": config.to_dict()},
+                  "config": config.to_dict(), "dtypes_on_disk": sorted({_dtype_name(x) for x in tensors.values()})},
         "files": {GOLDEN: "reference path (reference.py), float64",
                   FAST: "fast path (model.py), float32"},
         "new_tokens": new_tokens, "prompts": prompt_info,
@@ -227,21 +231,22 @@ def read_prompts(args) -> tuple[list[list[int]], list[str] | None]:
     return [tokenizer.encode(str(t)) for t in texts], [str(t) for t in texts]
 
 
-def add_golden(subparsers, parents=()) -> None:
+def add_golden(subparsers, **parser_kwargs) -> None:
+    """Register `rwkv-np golden`; parser_kwargs (parents, formatter_class...) go to add_parser."""
     p = subparsers.add_parser(
-        "golden", parents=list(parents), help="write reference outputs (every layer) for other engines",
+        "golden", **parser_kwargs, help="write reference outputs (every layer) for other engines",
         description="Run prompts through the float64 reference path and the float32 fast path and write "
                     "a golden bundle: BUNDLE/manifest.json, golden.safetensors, float32.safetensors.")
-    p.add_argument("--model", required=True, help="HF model directory, .safetensors, .pth, "
+    p.add_argument("--model", required=True, metavar="PATH", help="HF model directory, .safetensors, .pth, "
                                                   "pytorch_model.bin or rwkv.cpp .bin")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
-    src.add_argument("--ids", help='token ids, e.g. "34 105 110"')
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text (tokenized with the model's tokenizer)")
+    src.add_argument("--ids", metavar="IDS", help='token ids, e.g. "34 105 110"')
     src.add_argument("--prompts", metavar="FILE", help="one prompt per line, or a .json list of "
                                                         "strings or of id lists")
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's; bytes for "
-                                       "single-file models)")
-    p.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to generate after each prompt")
+    p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json; unset: the model directory's, or "
+                                                       "bytes for a single-file model")
+    p.add_argument("--new-tokens", type=int, metavar="N", default=16, help="greedy tokens to generate after each prompt")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="output directory")
     p.set_defaults(run=run_golden)
 
