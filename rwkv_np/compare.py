@@ -49,7 +49,7 @@ def read_candidate(path, vocab_size: int) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file or directory")
     if path.endswith(".safetensors"):
-        return {n: as_float(x, np.float64) if x.dtype.kind == "u" and x.dtype.itemsize == 2 else x
+        return {n: as_float(x, np.float64) if type(x).__name__ == "_Bf16" else x  # bfloat16 bits
                 for n, x in read_safetensors(path)[0].items()}
     if path.endswith(".npy"):
         try:
@@ -119,7 +119,8 @@ def compare(golden_dir, candidate, atol_scale: float = 1.0) -> Comparison:
     for name in sorted(n for n in cand if golden[n].dtype.kind == "f"):
         g, c = golden[name], np.asarray(cand[name])
         offset = 0
-        if c.shape != g.shape and c.shape == g.shape[1:] and g.ndim == 2:
+        positional = g.ndim == 2 and ".state." not in name                 # (T, H) or (T, V)
+        if c.shape != g.shape and c.shape == g.shape[1:] and positional:
             g, offset = g[-1:], g.shape[0] - 1           # only the last position was given
             c = c[None]
         if c.shape != g.shape:
@@ -132,7 +133,7 @@ def compare(golden_dir, candidate, atol_scale: float = 1.0) -> Comparison:
         worst = np.unravel_index(np.argmax(diff), diff.shape)
         bad = np.argwhere(diff > atol)
         first = tuple(int(i) for i in bad[0]) if len(bad) else None  # argwhere is row-major: position first
-        shift = lambda idx: (idx[0] + offset, *idx[1:]) if g.ndim == 2 else tuple(idx)
+        shift = lambda idx: (idx[0] + offset, *idx[1:]) if positional else tuple(idx)
         scale = float(np.abs(g).max())
         r = TensorResult(name, tuple(cand[name].shape), float(diff.max()),
                          float(diff.max() / scale) if scale else (np.inf if diff.max() > 0 else 0.0),
@@ -140,7 +141,7 @@ def compare(golden_dir, candidate, atol_scale: float = 1.0) -> Comparison:
         result.results.append(r)
         if first is not None:
             prompt, order, label, branch = _place(name, L)
-            position = r.first_bad[0] if g.ndim == 2 else None
+            position = r.first_bad[0] if positional else None
             firsts.append(((int(prompt[6:]), order, -1 if position is None else position, branch),
                            {"prompt": prompt, "layer": label, "position": position, "tensor": name,
                             "abs_error": float(diff[first]), "atol": atol}))
