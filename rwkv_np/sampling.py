@@ -74,16 +74,28 @@ def top_p_filter(scores: np.ndarray, top_p: float | None) -> np.ndarray:  # (B, 
     Walking each row from the most probable token down (ties: lower id first), a token is kept
     when the probability of the tokens before it is still below top_p; the first one always is.
     (HF phrases the same rule from the bottom: drop while the ascending cumsum is <= 1 - top_p.)
+    Only the m most probable tokens are sorted (m = 256, then 8x more until the kept set ends
+    strictly above every unsorted token), not the whole vocabulary.
     """
     if top_p is None or top_p >= 1.0:
         return scores
-    order = np.argsort(-scores, axis=-1, kind="stable")          # (B, V) most probable first
-    sorted_probs = np.take_along_axis(softmax(scores), order, axis=-1)
-    before = np.cumsum(sorted_probs, axis=-1) - sorted_probs     # probability mass ahead of each
-    drop_sorted = before >= top_p
-    drop = np.empty_like(drop_sorted)
-    np.put_along_axis(drop, order, drop_sorted, axis=-1)
-    return np.where(drop, -np.inf, scores)
+    probs = softmax(scores)
+    out = np.array(scores, dtype=np.float64)
+    V = scores.shape[-1]
+    for b in range(scores.shape[0]):
+        m = min(256, V)
+        while True:
+            cand = np.argpartition(-scores[b], m - 1)[:m] if m < V else np.arange(V)
+            order = cand[np.lexsort((cand, -scores[b, cand]))]    # most probable first, ties: lower id
+            p = probs[b, order]
+            keep = int(np.count_nonzero(np.cumsum(p) - p < top_p))  # mass ahead < top_p: a prefix
+            if m == V or (keep < m and scores[b, order[keep - 1]] > scores[b, order[-1]]):
+                break
+            m = min(8 * m, V)
+        dropped = np.ones(V, dtype=bool)
+        dropped[order[:keep]] = False
+        out[b, dropped] = -np.inf
+    return out
 
 
 def logits_to_probs(scores: np.ndarray, temperature: float = 1.0, top_k: int | None = None,

@@ -35,6 +35,28 @@ def test_top_p_keeps_the_same_tokens_as_hf_rule(top_p):
     np.testing.assert_array_equal(np.isinf(top_p_filter(scores, top_p)), np.isinf(hf_top_p_by_hand(scores, top_p)))
 
 
+def top_p_full_sort(scores, top_p):
+    """The nucleus rule on a full sort, most probable first, equal scores in id order (where HF's
+    ascending sort would keep the higher ids of a tie that straddles the cut)."""
+    out = scores.copy()
+    for row, s in zip(out, scores):
+        order = sorted(range(len(s)), key=lambda i: (-s[i], i))
+        p = np.exp(s[order] - s.max())
+        p /= p.sum()
+        before = np.cumsum(p) - p
+        row[np.array(order)[before >= top_p]] = -np.inf
+    return out
+
+
+@pytest.mark.parametrize("top_p", [0.01, 0.5, 0.9, 0.999])
+def test_top_p_on_a_large_vocabulary_with_ties(top_p):
+    # V = 6000: the filter sorts only a partition of each row; ties straddle its edges
+    rng = np.random.default_rng(8)
+    scores = np.round(rng.normal(0, 2, (3, 6000)), 1)          # many equal scores
+    scores[1] = np.round(rng.normal(0, 0.05, 6000), 2)         # a flat row: the nucleus is large
+    np.testing.assert_array_equal(np.isinf(top_p_filter(scores, top_p)), np.isinf(top_p_full_sort(scores, top_p)))
+
+
 def test_top_k_keeps_the_k_largest():
     scores = random_logits()
     kept = ~np.isinf(top_k_filter(scores, 7))
