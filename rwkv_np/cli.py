@@ -329,9 +329,19 @@ def run_info(args) -> int:
     return 0
 
 
+# -- golden, compare, convert (defined in golden.py, compare.py, convert.py) ----------------------
+
+def add_interop(sub):
+    from .compare import add_compare
+    from .convert import add_convert
+    from .golden import add_golden
+    for add in (add_golden, add_compare, add_convert):
+        add(sub, formatter_class=Formatter, parents=[common_options()])
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
-COMMANDS = [add_generate, add_chat, add_score, add_info]
+COMMANDS = [add_generate, add_chat, add_score, add_info, add_interop]
 
 
 def build_parser() -> argparse.ArgumentParser:
