@@ -107,3 +107,12 @@ def test_convert_keeps_values_of_an_hf_directory(tmp_path):
     assert sorted(a) == sorted(b)
     for name in a:
         np.testing.assert_array_equal(as_float(a[name], np.float32), as_float(b[name], np.float32))
+
+
+def test_cli_convert(tmp_path, capsys):
+    from rwkv_np.cli import main
+    assert main(["convert", str(FIXTURES / "pth" / "tiny.pth"), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").exists() and "2 layers" in capsys.readouterr().out
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    assert main(["convert", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x")]) == 2
+    assert "junk.pth" in capsys.readouterr().err

@@ -103,6 +103,19 @@ def test_first_divergence_is_the_earliest_layer_then_position(bundle, tmp_path):
     assert (d["layer"], d["position"]) == ("layer 4", 3)
 
 
+def test_state_error_and_nan_are_reported(bundle, tmp_path):
+    t = {"prompt1.state.num": golden_tensors(bundle[0])["prompt1.state.num"]}
+    t["prompt1.state.num"][4, 6] *= 1.01
+    save_file(t, str(tmp_path / "candidate.safetensors"))
+    d = compare(bundle[0], tmp_path).first_divergence
+    assert (d["prompt"], d["layer"], d["position"]) == ("prompt1", "final state", None)
+    logits = golden_tensors(bundle[0])["prompt0.logits"]
+    logits[4, 0] = np.nan
+    np.save(tmp_path / "nan.npy", logits)
+    result = compare(bundle[0], tmp_path / "nan.npy")
+    assert not result.passed and result.results[0].first_bad == (4, 0)
+
+
 def test_changed_greedy_token_fails_unless_a_near_tie(bundle, tmp_path):
     path, manifest = bundle
     margins = manifest["prompts"][0]["generated_margins"]
@@ -181,3 +194,39 @@ def test_rwkvcpp_expected_logits_pass_compare(shared_data, tmp_path):
         [[34, 105, 110]]).logits[0])
     result = compare(tmp_path / "g", tmp_path / "fp16.npy")
     assert not result.passed and 1e-3 < result.results[0].max_abs < 2.5e-3
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_golden_and_compare_exit_status(shared_data, tmp_path, capsys):
+    """rwkv-np golden / compare: exit 0 within tolerance, 1 outside, 2 on bad input."""
+    from rwkv_np.cli import main
+    d = shared_data / "rwkvcpp"
+    assert main(["golden", "--model", str(d / "tiny-rwkv-4v0-660K-FP32.bin"), "--prompt", '"in',
+                 "--new-tokens", "2", "--out", str(tmp_path / "g")]) == 0
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["prompts"][0]["input_ids"] == [34, 105, 110]
+    assert main(["compare", str(tmp_path / "g"), str(d / "expected-logits-4v0-660K.bin")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("PASS")
+    logits = np.fromfile(d / "expected-logits-4v0-660K.bin", "<f4")
+    logits[200] += 0.5
+    np.save(tmp_path / "off.npy", logits)
+    assert main(["compare", str(tmp_path / "g"), str(tmp_path / "off.npy")]) == 1
+    out = capsys.readouterr().out
+    assert "first divergence: prompt0 head (logits) position 2" in out and out.rstrip().endswith("FAIL")
+    assert main(["compare", str(tmp_path / "g"), str(tmp_path / "off.npy"), "--atol-scale", "1e5"]) == 0
+    assert main(["compare", str(tmp_path / "g"), str(tmp_path / "missing.bin")]) == 2
+    assert "missing.bin: no such file" in capsys.readouterr().err
+    np.save(tmp_path / "short.npy", logits[:100])
+    assert main(["compare", str(tmp_path / "g"), str(tmp_path / "short.npy")]) == 2
+    assert main(["golden", "--model", str(d / "tiny-rwkv-4v0-660K-FP32.bin"), "--ids", "1 999",
+                 "--out", str(tmp_path / "h")]) == 2
+    assert "token id 999 is outside the vocabulary" in capsys.readouterr().err
+
+
+def test_cli_golden_prompts_file(tmp_path):
+    from rwkv_np.cli import main
+    (tmp_path / "p.json").write_text(json.dumps([[1, 2, 3], [4, 5]]))
+    assert main(["golden", "--model", str(FIXTURES / "hf" / "tiny"), "--prompts", str(tmp_path / "p.json"),
+                 "--new-tokens", "1", "--out", str(tmp_path / "g")]) == 0
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert [p["input_ids"] for p in manifest["prompts"]] == [[1, 2, 3], [4, 5]]
