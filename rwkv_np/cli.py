@@ -290,7 +290,6 @@ def add_info(sub):
     p = sub.add_parser("info", help="config, parameter count, dtypes and size of a model",
                        formatter_class=Formatter, parents=[common_options(), model_options()],
                        description="Describe a model directory without running it.")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_info)
 
 
@@ -311,21 +310,12 @@ def run_info(args) -> int:
     size = sum(os.path.getsize(os.path.join(args.model, f)) for f in files)
     tokenizer = "tokenizer.json" if os.path.isfile(os.path.join(args.model, "tokenizer.json")) else \
         ("bytes (vocab 256)" if config.vocab_size == 256 else "none")
-    info = {"model": os.path.abspath(args.model),
-            "parameters": int(sum(int(np.prod(x.shape)) for x in tensors.values())),
-            "tensors": len(tensors), "dtypes on disk": dict(dtypes), "files": sorted(files),
-            "file size bytes": size, "tokenizer": tokenizer,
-            "config": {k: v for k, v in config.to_dict().items() if k not in config.extra}}
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"model       {info['model']}")
-    print(f"parameters  {info['parameters']:,} in {info['tensors']} tensors")
-    print(f"dtypes      {', '.join(f'{k} x{v}' for k, v in sorted(dtypes.items()))}")
+    print(f"model       {os.path.abspath(args.model)}")
+    print(f"parameters  {sum(int(np.prod(x.shape)) for x in tensors.values()):,} in {len(tensors)} tensors")
+    print(f"dtypes      {', '.join(f'{k} x{v}' for k, v in sorted(dtypes.items()))} (on disk)")
     print(f"file size   {size / 2**20:.2f} MiB ({', '.join(sorted(files))})")
     print(f"tokenizer   {tokenizer}")
-    for key, value in info["config"].items():
-        print(f"  {key:24s} {value}")
+    print("config.json " + json.dumps({k: v for k, v in config.to_dict().items() if k not in config.extra}))
     return 0
 
 
