@@ -188,6 +188,13 @@ class ByteTokenizer(Tokenizer):
             raise InputError(f"tokenizer: token id {token_id} is outside the byte vocabulary [0, 256)")
         return bytes((token_id,))
 
+    def decode_bytes(self, ids) -> bytes:  # one array conversion instead of a join per token
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() > 255):
+            bad = ids[(ids < 0) | (ids > 255)][0]
+            raise InputError(f"tokenizer: token id {bad} is outside the byte vocabulary [0, 256)")
+        return ids.astype(np.uint8).tobytes()
+
 
 class StreamDecoder:
     """Turns tokens into text as they arrive, one piece per `push`, never splitting a character.
