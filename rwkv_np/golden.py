@@ -182,7 +182,8 @@ def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int 
         "model": {"path": os.path.abspath(model_path), "files_sha256": model_files(model_path),
                   "config": config.to_dict(), "dtypes_on_disk": sorted({_dtype_name(x) for x in tensors.values()})},
         "files": {GOLDEN: "reference path (reference.py), float64",
-                  FAST: "fast path (model.py), float32"},
+                  FAST: "fast path (model.py), float32; its feed_forward tensors are recovered as "
+                        "output * 2**halved - previous output - attention, so they carry x's rounding"},
         "new_tokens": new_tokens, "prompts": prompt_info,
         "noise_floor": noise, "tolerances": tolerances,
         "tolerance_rule": f"|candidate - golden| <= atol per element; atol = max({TOL_FACTOR} x noise_floor "
@@ -257,8 +258,11 @@ def run_golden(args) -> int:
     prompts, texts = read_prompts(args)
     manifest = write_golden(args.model, prompts, args.out, args.new_tokens, texts,
                             progress=sys.stderr.isatty())
-    worst = max(manifest["noise_floor"].items(), key=lambda kv: kv[1]["max_rel"])
+    # feed_forward's float32 values are differences of x (see the module docstring), so their
+    # relative noise is meaningless when the branch is ~0; summarize block outputs and logits.
+    worst = max(((n, v) for n, v in manifest["noise_floor"].items() if n.endswith((".output", ".logits"))),
+                key=lambda kv: kv[1]["max_rel"])
     print(f"wrote {args.out}: {len(prompts)} prompt(s), {sum(map(len, prompts))} tokens, "
-          f"{len(manifest['tolerances'])} tensors; largest fp32-vs-fp64 relative difference "
-          f"{worst[1]['max_rel']:.2e} ({worst[0]})")
+          f"{len(manifest['tolerances'])} tensors; largest fp32-vs-fp64 difference of a block output or "
+          f"logits: {worst[1]['max_rel']:.2e} of its max |value| ({worst[0]})")
     return 0
