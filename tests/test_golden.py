@@ -60,6 +60,19 @@ def test_golden_blocks_sum_to_the_residual_stream(bundle):
         np.testing.assert_allclose(t[f"prompt0.blocks.{i}.output"], total / (2 if i == 5 else 1), atol=1e-12)
 
 
+def test_reference_run_in_chunks_equals_one_run():
+    """write_golden feeds long prompts to the reference in chunks (state carried): same numbers."""
+    from rwkv_np.convert import load_checkpoint
+    from rwkv_np.golden import run_reference
+    config, tensors = load_checkpoint(FIXTURES / "hf" / "rescale2_ffn37")
+    params = {n: np.asarray(x, np.float64) for n, x in tensors.items()}
+    whole, gen, _ = run_reference(params, config, PROMPTS[0], 3)
+    chunked, gen4, _ = run_reference(params, config, PROMPTS[0], 3, chunk=4)
+    assert gen == gen4 and whole.keys() == chunked.keys()
+    for name in whole:
+        np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
 def test_golden_matches_hf_stored_outputs(tmp_path):
     """The float64 golden equals transformers' stored float32 outputs for the fixture's first row."""
     expected = read_safetensors(FIXTURES / "hf" / "deep_rescale6" / "expected.safetensors")[0]
