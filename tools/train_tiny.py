@@ -24,9 +24,7 @@ torch is a tool-only dependency:  python tools/train_tiny.py --help
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -328,7 +326,9 @@ def train(model, train_data, heldout, args):
 
 # ----------------------------------------------------------------------------- export
 def hf_config(args) -> dict:
-    return {"vocab_size": 256, "context_length": args.ctx, "hidden_size": args.hidden,
+    """HF config.json fields. context_length is only a limit of HF's CUDA kernel (the model was
+    trained as an RNN with its state carried over); rescale_every 0: trained without halving."""
+    return {"vocab_size": 256, "context_length": 1024, "hidden_size": args.hidden,
             "num_hidden_layers": args.layers, "attention_hidden_size": args.hidden,
             "intermediate_size": 4 * args.hidden, "layer_norm_epsilon": 1e-5,
             "bos_token_id": 0, "eos_token_id": 0, "rescale_every": 0,
@@ -336,28 +336,13 @@ def hf_config(args) -> dict:
 
 
 def save_model(directory: Path, config: dict, model, dtype: str) -> dict:
-    """Write config.json + model.safetensors in `dtype`; return the rounded tensors (numpy)."""
+    """Write config.json + model.safetensors in `dtype` with rwkv_np's own writer; return the
+    tensors as stored, widened to float32 (numpy), read back with rwkv_np's reader."""
+    from rwkv_np.config import RwkvConfig
+    from rwkv_np.weights import as_float, load_state_dict, save_pretrained
     tensors = {n: p.detach().numpy().astype(np.float32) for n, p in model.state_dict().items()}
-    try:
-        from rwkv_np.config import RwkvConfig
-        from rwkv_np.weights import save_pretrained
-    except ImportError:  # rwkv_np.weights not there yet: HF key names and dtypes by hand
-        import safetensors.numpy
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "config.json", "w", encoding="utf-8") as f:
-            json.dump({**config, "model_type": "rwkv", "architectures": ["RwkvForCausalLM"]},
-                      f, indent=2, sort_keys=True)
-            f.write("\n")
-        assert dtype == "float16", "without rwkv_np.weights only float16 export is available"
-        safetensors.numpy.save_file({n: t.astype(np.float16) for n, t in tensors.items()},
-                                    str(directory / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        save_pretrained(directory, RwkvConfig.from_dict(config), tensors, dtype=dtype)
-    import safetensors.numpy
-    stored = safetensors.numpy.load_file(str(directory / "model.safetensors"))
-    if any(t.dtype == np.uint16 for t in stored.values()):  # BF16 read as raw bits
-        raise SystemExit("re-reading BF16 needs rwkv_np; export float16")
-    return {n: t.astype(np.float32) for n, t in stored.items()}
+    save_pretrained(directory, RwkvConfig.from_dict(config), tensors, dtype=dtype)
+    return {n: np.asarray(as_float(t, np.float32)) for n, t in load_state_dict(directory).items()}
 
 
 def reference_logits(model, heldout, windows: int, length: int):
