@@ -185,19 +185,36 @@ def _matvec_i8(Q, row_scale, x, y):  # Q (out, in) int8, row_scale (out,), x (in
 
 
 # ---------------------------------------------------------------- batched decode: 2 <= N <= SMALL_N
-# Each weight row is loaded from memory once and used for all N rows of x while it is in L1.
+# Each weight row is loaded from memory once and used for all N rows of x while it is in L1;
+# four rows of x per pass, so that every load of w[j] feeds four multiply-adds.
 
 _F16, _BF16, _I8 = 1, 2, 3  # `kind` of a packed (non-float) weight
+
+
+@njit(inline="always")
+def _dot_rows(w, x, y, i):  # w (in,) one weight row, x (N, in), y (N, out): y[:, i] = x @ w
+    n = 0
+    while n + 4 <= x.shape[0]:
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for j in range(w.shape[0]):
+            a0 += w[j] * x[n, j]
+            a1 += w[j] * x[n + 1, j]
+            a2 += w[j] * x[n + 2, j]
+            a3 += w[j] * x[n + 3, j]
+        y[n, i], y[n + 1, i], y[n + 2, i], y[n + 3, i] = a0, a1, a2, a3
+        n += 4
+    while n < x.shape[0]:
+        acc = np.float32(0.0)
+        for j in range(w.shape[0]):
+            acc += w[j] * x[n, j]
+        y[n, i] = acc
+        n += 1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _matmat_float(W, x, y):  # W (out, in) float, x (N, in), y (N, out)
     for i in prange(W.shape[0]):
-        for n in range(x.shape[0]):
-            acc = np.float32(0.0)
-            for j in range(W.shape[1]):
-                acc += W[i, j] * x[n, j]
-            y[n, i] = acc
+        _dot_rows(W[i], x, y, i)
 
 
 @njit(inline="always")
@@ -222,11 +239,7 @@ def _matmat_packed(W, kind, row_scale, x, y, n_blocks):  # W (out, in) uint16/in
         buf = np.empty(n_in, np.float32)  # one widened weight row, private to this block
         for i in range(b * out // n_blocks, (b + 1) * out // n_blocks):
             _widen_row(W, kind, i, row_scale, buf)
-            for n in range(x.shape[0]):
-                acc = np.float32(0.0)
-                for j in range(n_in):
-                    acc += buf[j] * x[n, j]
-                y[n, i] = acc
+            _dot_rows(buf, x, y, i)
 
 
 # ---------------------------------------------------------------- prefill: N > SMALL_N, BLAS

@@ -1,0 +1,377 @@
+"""rwkv_np benchmark (issue 7): kernel micro-benchmarks, then whole models next to their peers.
+
+    python tools/bench.py kernels                       # decode matvec GB/s per 169M shape and
+                                                        # storage, streaming-read ceiling, sgemm
+    python tools/bench.py model --shape 169m            # random 169M model, every storage
+    python tools/bench.py model --model DIR --peers     # an HF model dir, with HF transformers
+                                                        # and BlinkDL's rwkv on the same weights
+
+Machines here are shared, so absolute times drift: peers run in the same process, alternating
+with rwkv_np round by round, and the best round of each is kept; read the ratios. Results are
+printed as a table and written as JSON (--json). Random models are built directly in NumPy.
+torch / transformers / rwkv are imported only for --peers.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from numba import njit, prange
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from rwkv_np.linear import STORAGES, linear, prepare_weight, set_threads  # noqa: E402
+
+SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1b5": (24, 2048)}  # name: (L, H), V = 50277
+KERNEL_SHAPES = [(768, 768), (3072, 768), (768, 3072), (50277, 768)]  # the 169M projections
+GB = 1e9
+
+
+def best_time(fn, repeat=5, min_time=0.2) -> float:
+    """Fastest of `repeat` (or more, until `min_time`) calls, after one warm-up call."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# ---------------------------------------------------------------- ceilings and kernels
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _stream_sum(A):  # A (R, C) float32 -> (R,): reads every element once, rows split over cores
+    out = np.empty(A.shape[0], np.float32)
+    for i in prange(A.shape[0]):
+        acc = np.float32(0.0)
+        for j in range(A.shape[1]):
+            acc += A[i, j]
+        out[i] = acc
+    return out
+
+
+def ceilings(threads: int) -> dict:
+    """Streaming-read GB/s (all threads and one) of 512 MB and sgemm GFLOP/s on 256x768x3072."""
+    A = np.random.default_rng(0).standard_normal((1 << 17, 1024), dtype=np.float32)
+    res = {"read_GBps": A.nbytes / best_time(lambda: _stream_sum(A), 3) / GB}
+    set_threads(1)
+    res["read_GBps_1thread"] = A.nbytes / best_time(lambda: _stream_sum(A), 3) / GB
+    set_threads(threads)
+    del A
+    x = np.random.default_rng(1).standard_normal((256, 768), dtype=np.float32)
+    W = np.random.default_rng(2).standard_normal((3072, 768), dtype=np.float32)
+    res["sgemm_GFLOPs"] = 2 * 256 * 768 * 3072 / best_time(lambda: x @ W.T, 5) / GB
+    return res
+
+
+def kernel_bench(storages) -> list:
+    """Per 169M shape and storage: decode (N=1) GB/s of `linear`, cycling through enough copies
+    of the matrix (>= 256 MB) that it never sits in cache, as in a real token; for float32 also
+    numpy's BLAS W @ x. Then N=8 (batched decode) and N=256 (prefill) through `linear`."""
+    rng, rows = np.random.default_rng(0), []
+    for out, n_in in KERNEL_SHAPES:
+        W = rng.standard_normal((out, n_in), dtype=np.float32) * 0.05
+        copies = max(1, (256 << 20) // W.nbytes)
+        x = {N: rng.standard_normal((N, n_in), dtype=np.float32) for N in (1, 8, 256)}
+        for storage in storages:
+            Ws = [prepare_weight(W + np.float32(1e-3 * c), storage) for c in range(copies)]
+            nbytes = Ws[0].nbytes
+
+            def cycle(fn):
+                return best_time(lambda: [fn(w) for w in Ws], 3) / copies
+
+            row = {"shape": f"{out}x{n_in}", "storage": storage, "MB": nbytes / 1e6}
+            t1 = cycle(lambda w: linear(x[1], w))
+            row.update(N1_us=t1 * 1e6, N1_GBps=nbytes / t1 / GB)
+            if storage in ("float32", "float64"):
+                xv = x[1][0].astype(storage)
+                row["blas_gemv_GBps"] = nbytes / cycle(lambda w: w @ xv) / GB
+            t8 = cycle(lambda w: linear(x[8], w))
+            row.update(N8_us=t8 * 1e6, N8_vs_N1=t8 / t1)
+            t256 = best_time(lambda: linear(x[256], Ws[0]), 3)
+            row["N256_GFLOPs"] = 2 * 256 * out * n_in / t256 / GB
+            rows.append(row)
+            print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row.items()), flush=True)
+            del Ws
+    return rows
+
+
+# ---------------------------------------------------------------- models and engines
+
+MATRICES = ("att_key", "att_value", "att_receptance", "att_output",
+            "ffn_key", "ffn_receptance", "ffn_value")  # Block fields that go through `linear`
+
+
+def random_model_dir(shape: str, directory: str) -> None:
+    """Write an HF-layout model of a published shape with random weights in trained ranges."""
+    from rwkv_np import RwkvConfig
+    from rwkv_np.weights import expected_shapes, save_pretrained
+    L, H = SHAPES[shape]
+    config = RwkvConfig(vocab_size=50277, hidden_size=H, num_hidden_layers=L)
+    rng, tensors = np.random.default_rng(0), {}
+    for name, s in expected_shapes(config).items():
+        if "time_decay" in name:
+            x = rng.uniform(-6, 3, s)
+        elif "time_first" in name:
+            x = rng.uniform(-3, 3, s)
+        elif "time_mix" in name:
+            x = rng.uniform(0, 1, s)
+        elif name.endswith(".weight") and len(s) == 1:   # LayerNorm
+            x = rng.uniform(0.5, 1.5, s)
+        else:
+            x = rng.standard_normal(s, dtype=np.float32) * np.float32(0.02)
+        tensors[name] = np.asarray(x, np.float32)
+    save_pretrained(directory, config, tensors)
+
+
+class Ours:
+    """rwkv_np with its matrices (not the embedding) in `storage`."""
+    def __init__(self, directory, storage):
+        from rwkv_np import RwkvForCausalLM
+        dtype = "float64" if storage == "float64" else "float32"
+        self.name = f"rwkv_np {storage}"
+        self.model = RwkvForCausalLM.from_pretrained(directory, dtype=dtype)
+        if storage not in ("float32", "float64"):
+            for blk in self.model.rwkv.blocks:
+                for field in MATRICES:
+                    setattr(blk, field, prepare_weight(getattr(blk, field), storage))
+            self.model.head = prepare_weight(self.model.head, storage)
+        mats = [getattr(b, f) for b in self.model.rwkv.blocks for f in MATRICES] + [self.model.head]
+        self.weight_bytes = sum(m.nbytes for m in mats)
+        self.matrix_params = sum(m.shape[0] * m.shape[1] for m in mats)
+
+    def prefill(self, ids):  # ids (T,) -> None
+        self.model(np.asarray(ids)[None])
+
+    def decode(self, ids, B, steps):  # prompt ids (T,), then `steps` single-token steps of B rows
+        state = self.model(np.tile(ids, (B, 1))).state
+        tok = np.full((B, 1), ids[-1])
+        for _ in range(steps):
+            state = self.model(tok, state=state).state
+
+
+class HF:
+    """Hugging Face transformers' RwkvForCausalLM, fp32 on CPU (B=1: its B>1 decode is buggy)."""
+    def __init__(self, directory, storage="float32"):
+        import torch
+        import transformers
+        self.torch, self.name = torch, "HF transformers fp32"
+        self.model = transformers.RwkvForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+    def prefill(self, ids):
+        with self.torch.no_grad():
+            self.model(self.torch.tensor([list(ids)]))
+
+    def decode(self, ids, B, steps):
+        t = self.torch
+        with t.no_grad():
+            state = self.model(t.tensor([list(ids)]), use_cache=True).state
+            tok = t.tensor([[int(ids[-1])]])
+            for _ in range(steps):
+                state = self.model(tok, state=state, use_cache=True).state
+
+
+class BlinkDL:
+    """BlinkDL's `rwkv` pip package, strategy 'cpu fp32', from a .pth written next to the model."""
+    def __init__(self, directory, storage="float32"):
+        os.environ.setdefault("RWKV_JIT_ON", "1")
+        os.environ["RWKV_CUDA_ON"] = "0"
+        from rwkv.model import RWKV
+        self.name = "BlinkDL rwkv cpu fp32"
+        self.model = RWKV(model=write_pth(directory), strategy="cpu fp32", verbose=False)
+
+    def prefill(self, ids):
+        self.model.forward([int(i) for i in ids], None)
+
+    def decode(self, ids, B, steps):
+        _, state = self.model.forward([int(i) for i in ids], None)
+        for _ in range(steps):
+            _, state = self.model.forward([int(ids[-1])], state)
+
+
+def write_pth(directory) -> str:
+    """BlinkDL-named copy of an HF model dir as model.pth (torch.save); returns its path."""
+    path = os.path.join(directory, "model.pth")
+    if not os.path.exists(path):
+        import torch
+        from rwkv_np.weights import load_state_dict
+        blink = {}
+        for name, x in load_state_dict(directory).items():
+            n = (name.removeprefix("rwkv.").replace("embeddings.", "emb.", 1)
+                 .replace(".pre_ln.", ".ln0.").replace(".attention.", ".att.")
+                 .replace(".feed_forward.", ".ffn."))
+            for short, long in (("k", "key"), ("v", "value"), ("r", "receptance")):
+                if n.endswith(f".time_mix_{long}"):
+                    n = n[:-len(long)] + short
+            blink[n] = torch.from_numpy(np.array(x, np.float32))
+        torch.save(blink, path)
+    return path
+
+
+ENGINES = {"ours": Ours, "hf": HF, "blinkdl": BlinkDL}
+
+
+def probe(args) -> None:
+    """In a fresh process: load time and peak RSS of one engine doing a little work."""
+    set_threads(args.threads)
+    t = time.perf_counter()
+    engine = ENGINES[args.engine](args.dir, args.storage)
+    load = time.perf_counter() - t
+    ids = np.arange(64) % 50000
+    engine.prefill(ids)
+    engine.decode(ids[:4], 1, 4)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"load_s": load, "peak_rss_MB": rss}))
+
+
+def run_probe(engine, directory, storage, threads) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "_probe", "--engine", engine, "--dir",
+           directory, "--storage", storage, "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the model benchmark
+
+def bench_models(args, directory) -> dict:
+    """Alternate engines round by round; keep each engine's best round per measurement."""
+    engines = [Ours(directory, s) for s in args.storage]
+    if args.peers:
+        engines += [HF(directory), BlinkDL(directory)]
+    ids = np.random.default_rng(0).integers(0, 50000, max(args.prefill))
+    res = {e.name: {} for e in engines}
+
+    def keep(e, key, value):
+        res[e.name][key] = min(res[e.name].get(key, np.inf), value)
+
+    for e in engines:  # warm up: JIT compilation, first-touch of the weights
+        for T in args.prefill:
+            e.prefill(ids[:T])
+        e.decode(ids[:4], 1, 1)
+        if isinstance(e, Ours):
+            e.decode(ids[:4], 8, 1)
+    for r in range(args.rounds):
+        for e in engines:
+            for T in args.prefill:
+                t = time.perf_counter()
+                e.prefill(ids[:T])
+                keep(e, f"prefill_s_T{T}", time.perf_counter() - t)
+            for B in ((1, 8) if isinstance(e, Ours) else (1,)):
+                t0 = time.perf_counter()
+                e.decode(ids[:4], B, 0)
+                t1 = time.perf_counter()
+                e.decode(ids[:4], B, args.steps)
+                steps = time.perf_counter() - t1 - (t1 - t0)  # minus the prompt
+                keep(e, f"decode_ms_B{B}", steps / args.steps * 1e3)
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    for e in engines:
+        d = res[e.name]
+        for T in args.prefill:
+            d[f"prefill_tok_s_T{T}"] = T / d.pop(f"prefill_s_T{T}")
+        if isinstance(e, Ours):
+            d["decode_GBps_B1"] = e.weight_bytes / d["decode_ms_B1"] / 1e6
+            T = max(args.prefill)
+            d[f"prefill_GFLOPs_T{T}"] = 2 * e.matrix_params * d[f"prefill_tok_s_T{T}"] / GB
+            d["batch8_vs_batch1_throughput"] = 8 * d["decode_ms_B1"] / d["decode_ms_B8"]
+            d["weight_MB"] = e.weight_bytes / 1e6
+    for e in engines:  # in fresh processes, one at a time
+        kind = {Ours: "ours", HF: "hf", BlinkDL: "blinkdl"}[type(e)]
+        storage = e.name.split()[-1] if kind == "ours" else "float32"
+        res[e.name].update(run_probe(kind, directory, storage, args.threads))
+    return res
+
+
+TARGETS = {"float32": 0.4, "bfloat16": 0.25, "int8": 0.2}  # decode ms/token vs the best peer
+
+
+def verdicts(res, ceil) -> list:
+    """The issue's targets, each with the measured number (B=1 decode vs the best torch peer)."""
+    out, ours = [], {k.split()[-1]: v for k, v in res.items() if k.startswith("rwkv_np")}
+    peers = [v for k, v in res.items() if not k.startswith("rwkv_np")]
+    if peers:
+        best = min(p["decode_ms_B1"] for p in peers)
+        for s, limit in TARGETS.items():
+            if s in ours:
+                ratio = ours[s]["decode_ms_B1"] / best
+                out.append((f"decode {s} <= {limit} x best peer", ratio, ratio <= limit))
+        if "float32" in ours:
+            for T in (256, 1024):
+                key = f"prefill_tok_s_T{T}"
+                if key in ours["float32"]:
+                    ratio = ours["float32"][key] / max(p[key] for p in peers)
+                    out.append((f"prefill fp32 T={T} >= 1.2 x best peer", ratio, ratio >= 1.2))
+    if "float32" in ours and ceil:
+        frac = ours["float32"]["decode_GBps_B1"] / ceil["read_GBps"]
+        out.append(("decode fp32 bandwidth >= 0.7 x streaming ceiling", frac, frac >= 0.7))
+    for s, d in ours.items():
+        out.append((f"batch-8 decode throughput >= 5 x batch-1 ({s})",
+                    d["batch8_vs_batch1_throughput"], d["batch8_vs_batch1_throughput"] >= 5))
+    return out
+
+
+def print_table(res) -> None:
+    keys = sorted({k for d in res.values() for k in d}, key=lambda k: (k.split("_")[0], k))
+    width = max(len(n) for n in res) + 2
+    print("\n" + "".ljust(30) + "".join(n.rjust(width) for n in res))
+    for k in keys:
+        cells = [res[n].get(k) for n in res]
+        print(k.ljust(30) + "".join(("-" if c is None else f"{c:.3g}" if isinstance(c, float)
+                                     else str(c)).rjust(width) for c in cells))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("what", choices=["kernels", "model", "_probe"])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="169m", help="random model shape")
+    p.add_argument("--model", help="an HF model directory instead of a random model")
+    p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8"])
+    p.add_argument("--peers", action="store_true", help="also run HF transformers and BlinkDL rwkv")
+    p.add_argument("--prefill", type=int, nargs="+", default=[64, 256, 1024], help="prompt lengths")
+    p.add_argument("--steps", type=int, default=16, help="decode steps per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every engine")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--engine", choices=sorted(ENGINES), help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.threads = set_threads(args.threads)
+    if args.what == "_probe":
+        return probe(args)
+    if args.peers:
+        import torch
+        torch.set_num_threads(args.threads)
+    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+            "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    ceil = ceilings(args.threads)
+    print("ceilings: " + ", ".join(f"{k}={v:.1f}" for k, v in ceil.items()), flush=True)
+    result = {"info": info, "ceilings": ceil}
+    if args.what == "kernels":
+        result["kernels"] = kernel_bench(args.storage)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = args.model or tmp
+            if not args.model:
+                random_model_dir(args.shape, tmp)
+            result["models"] = bench_models(args, directory)
+        print_table(result["models"])
+        result["targets"] = []
+        for name, value, ok in verdicts(result["models"], ceil):
+            print(f"{'MET ' if ok else 'MISS'} {name}: {value:.3g}")
+            result["targets"].append({"target": name, "value": value, "met": bool(ok)})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
