@@ -21,6 +21,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -63,6 +64,9 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *_ignored):
     return data
 
 
+_DAMAGED = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+            ValueError, struct.error, KeyError, IndexError, OverflowError)
+
 # The complete list of globals a checkpoint may name, and what each becomes.
 ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -98,42 +102,52 @@ def read_torch_zip(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
-        if os.path.isfile(path) and not isinstance(e, OSError):
-            raise ModelFileError(f"{path}: not a zip-format torch checkpoint (legacy torch < 1.6 files "
-                                 "are not supported; re-save with a recent torch)") from None
-        raise ModelFileError(f"{path}: cannot read ({e})") from None
-    with zf, open(path, "rb") as raw:
-        names = zf.namelist()
-        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pickles) != 1:
-            raise ModelFileError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
-        root = pickles[0][:-len("data.pkl")]
-        if root + "byteorder" in names and zf.read(root + "byteorder").strip() != b"little":
-            raise ModelFileError(f"{path}: big-endian checkpoints are not supported")
-        buf = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else b""
-        cache = {}
-
-        def load_storage(key, kind, numel):
-            if key not in cache:
-                cache[key] = _storage_bytes(zf, buf, f"{root}data/{key}", path)
-            data = cache[key]
-            if len(data) < numel * kind.dtype.itemsize:
-                raise ModelFileError(f"{path}: storage {key} holds {len(data)} bytes, "
-                                     f"{numel} {kind.name} elements need {numel * kind.dtype.itemsize}")
-            array = np.frombuffer(data, kind.dtype.newbyteorder("<"), numel)
-            return array, kind.name == "BFloat16Storage"
-
-        with zf.open(pickles[0]) as f:
-            try:
-                obj = _RestrictedUnpickler(f, path, load_storage).load()
-            except ModelFileError:
-                raise
-            except Exception as e:  # malformed pickle bytes, wrong call signatures...
-                raise ModelFileError(f"{path}: data.pkl is not a valid tensor state dict ({e!r:.200})") from None
+    except _DAMAGED as e:
+        if not os.path.isfile(path) or (isinstance(e, OSError) and not isinstance(e, zipfile.BadZipFile)):
+            raise ModelFileError(f"{path}: cannot read ({e})") from None
+        raise ModelFileError(f"{path}: not a zip-format torch checkpoint, or a damaged one (legacy "
+                             "torch < 1.6 files are not supported; re-save with a recent torch)") from None
+    try:
+        with zf, open(path, "rb") as raw:
+            obj = _unpickle(zf, raw, path)
+    except ModelFileError:
+        raise
+    except _DAMAGED as e:  # a damaged archive: bad offsets, headers, compressed data...
+        raise ModelFileError(f"{path}: damaged zip archive ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise ModelFileError(f"{path}: expected a state dict, the pickle holds a {type(obj).__name__}")
     return dict(obj)
+
+
+def _unpickle(zf: zipfile.ZipFile, raw, path: str):
+    """Run the restricted unpickler over <root>/data.pkl, loading storages from <root>/data/."""
+    names = zf.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pickles) != 1:
+        raise ModelFileError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+    root = pickles[0][:-len("data.pkl")]
+    if root + "byteorder" in names and zf.read(root + "byteorder").strip() != b"little":
+        raise ModelFileError(f"{path}: big-endian checkpoints are not supported")
+    buf = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else b""
+    cache = {}
+
+    def load_storage(key, kind, numel):
+        if key not in cache:
+            cache[key] = _storage_bytes(zf, buf, f"{root}data/{key}", path)
+        data = cache[key]
+        if len(data) < numel * kind.dtype.itemsize:
+            raise ModelFileError(f"{path}: storage {key} holds {len(data)} bytes, "
+                                 f"{numel} {kind.name} elements need {numel * kind.dtype.itemsize}")
+        array = np.frombuffer(data, kind.dtype.newbyteorder("<"), numel)
+        return array, kind.name == "BFloat16Storage"
+
+    with zf.open(pickles[0]) as f:
+        try:
+            return _RestrictedUnpickler(f, path, load_storage).load()
+        except ModelFileError:
+            raise
+        except Exception as e:  # malformed pickle bytes, wrong call signatures...
+            raise ModelFileError(f"{path}: data.pkl is not a valid tensor state dict ({e!r:.200})") from None
 
 
 def _storage_bytes(zf: zipfile.ZipFile, buf, member: str, path: str):
@@ -146,6 +160,8 @@ def _storage_bytes(zf: zipfile.ZipFile, buf, member: str, path: str):
         return zf.read(member)
     # The local file header: 30 fixed bytes, then the name and an extra field of given lengths.
     start = info.header_offset
+    if start < 0 or bytes(buf[start:start + 4]) != b"PK\x03\x04":
+        raise ModelFileError(f"{path}: storage {member} has no valid local zip header")
     name_len, extra_len = struct.unpack("<HH", bytes(buf[start + 26:start + 30]))
     begin = start + 30 + name_len + extra_len
     if begin + info.file_size > len(buf):
