@@ -121,7 +121,7 @@ def test_batch_of_four_equals_four_single_runs(random_model, prompts, sampling):
         assert batch.new_tokens[b] == single.new_tokens[0]
         assert batch.stop_reasons[b] == single.stop_reasons[0]
         for k in range(5):
-            np.testing.assert_allclose(batch.state[k][b], single.state[k][0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(batch.state[k][b], single.state[k][0], rtol=1e-4, atol=1e-5)  # float32, other kernels
 
 
 def test_padded_batch_from_attention_mask_equals_ragged_lists(random_model):
