@@ -53,6 +53,12 @@ def expected_shapes(config: RwkvConfig, head: bool = True) -> dict[str, tuple[in
 
 def check_state_dict(tensors: dict, config: RwkvConfig, source: str, head: bool = True) -> None:
     """Raise ModelFileError naming the first missing, unexpected or mis-shaped tensor."""
+    L = config.num_hidden_layers
+    if 18 * L > len(tensors):  # each layer has 18 tensors; refuse a lying layer count (10**9 from
+        # a damaged header) before listing all its names exhausts memory
+        i = next(i for i in range(L) if sum(n.startswith(f"rwkv.blocks.{i}.") for n in tensors) < 18)
+        raise ModelFileError(f"{source}: missing tensors rwkv.blocks.{i}.* (the config's {L} layers "
+                             f"need {18 * L} block tensors, there are {len(tensors)} tensors in all)")
     want = expected_shapes(config, head)
     missing = [n for n in want if n not in tensors]
     extra = [n for n in tensors if n not in want]
