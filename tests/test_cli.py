@@ -149,3 +149,11 @@ def test_generate_saves_a_state_that_a_later_run_continues(byte_model, tmp_path,
     resumed = capsys.readouterr().out
     assert main(["generate", "Once upon a time", "--max-new-tokens", "12", *greedy]) == 0
     assert resumed == capsys.readouterr().out
+
+
+def test_default_model_is_the_shipped_demo(capsys):
+    from rwkv_np.cli import demo_model_dir
+    if demo_model_dir() is None:
+        pytest.skip("no demo model in rwkv_np/assets/ yet")
+    assert main(["generate", "ROMEO:", "--max-new-tokens", "30", "--seed", "0"]) == 0
+    assert len(capsys.readouterr().out) > 1
