@@ -482,6 +482,20 @@ def test_bad_dtype(model_dir):
            RwkvForCausalLM.from_pretrained, model_dir, dtype="float16")
 
 
+@pytest.mark.parametrize("option, fragment", [
+    (dict(max_new_tokens=-1), "max_new_tokens: expected an integer >= 0, got -1"),
+    (dict(max_new_tokens=2.5), "max_new_tokens: expected an integer >= 0"),
+    (dict(do_sample=True, temperature=-0.5), "temperature: must be > 0 when sampling, got -0.5"),
+    (dict(do_sample=True, temperature=0.0), "temperature: must be > 0 when sampling"),
+    (dict(do_sample=True, top_p=0.0), "top_p: expected a number in (0, 1] or None, got 0.0"),
+    (dict(do_sample=True, top_p=1.5), "top_p: expected a number in (0, 1] or None, got 1.5"),
+    (dict(do_sample=True, top_k=-1), "top_k: expected an integer >= 1 or None, got -1"),
+])
+def test_bad_sampling_options(model, option, fragment):
+    generation = pytest.importorskip("rwkv_np.generation")
+    expect(InputError, fragment, generation.generate, model, [1, 2], **option)
+
+
 # -- the command line --------------------------------------------------------------------------------
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -510,6 +524,16 @@ def test_cli_reports_one_line_and_exits_2(model_dir, case):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_tokenizer_larger_than_the_model(model_dir, shared_data):
+    """The GPT-NeoX tokenizer (50277 ids) on a 16-token model: refused, one line, exit 2."""
+    pytest.importorskip("rwkv_np.cli")
+    shutil.copy(shared_data / "20B_tokenizer.json", model_dir / "tokenizer.json")  # into tmp_path only
+    result = run_cli("generate", "--model", model_dir, "Hello", "--max-new-tokens", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "vocabulary" in lines[0], result.stderr
 
 
 def test_cli_debug_shows_the_traceback(model_dir):
