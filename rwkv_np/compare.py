@@ -39,7 +39,7 @@ def read_bundle(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def read_candidate(path, vocab_size: int) -> dict[str, np.ndarray]:
     """A candidate's tensors by golden name (see the module docstring for the accepted forms)."""
-    from .weights import as_float, read_safetensors
+    from .weights import as_float, is_bf16, read_safetensors
     path = os.fspath(path)
     if os.path.isdir(path):
         for name in (CANDIDATE, GOLDEN):
@@ -49,7 +49,7 @@ def read_candidate(path, vocab_size: int) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file or directory")
     if path.endswith(".safetensors"):
-        return {n: as_float(x, np.float64) if type(x).__name__ == "_Bf16" else x  # bfloat16 bits
+        return {n: as_float(x, np.float64) if is_bf16(x) else x  # bfloat16 bits
                 for n, x in read_safetensors(path)[0].items()}
     if path.endswith(".npy"):
         try:

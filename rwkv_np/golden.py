@@ -13,8 +13,7 @@ Tensor names, for prompt n (T tokens, H hidden, V vocab, L layers, N new tokens)
     prompt{n}.logits                     (T, V)
     prompt{n}.state.{ffn_x,att_x,num,den,max}  (H, L)  after the prompt (HF's layout, state.py)
     prompt{n}.generated_ids              (N,) int64  greedy continuation
-Branch outputs include HF's rescale_every factor. float32.safetensors' feed_forward tensors are
-recovered as output*2^halve - x_before - attention, so they carry the rounding of x.
+Branch outputs include HF's rescale_every factor.
 
 A candidate (what another engine computed) is a directory holding candidate.safetensors (or a
 golden bundle), a .safetensors file with any subset of these names, a .npy of logits, or a raw
@@ -34,6 +33,7 @@ import numpy as np
 
 from .errors import InputError
 from .state import NAMES as STATE_NAMES
+from .weights import is_bf16
 
 FORMAT, FORMAT_VERSION = "rwkv_np-golden", 1
 MANIFEST, GOLDEN, FAST, CANDIDATE = "manifest.json", "golden.safetensors", "float32.safetensors", "candidate.safetensors"
@@ -87,18 +87,14 @@ def run_reference(params, config, ids, new_tokens, chunk=128, tick=lambda n: Non
 
 def run_fast(model, ids, new_tokens, tick=lambda n: None):  # ids (T,)
     """The same tensors from the fast model (RwkvForCausalLM), in its dtype."""
-    from .model import layer_norm
-    config, L = model.config, model.config.num_hidden_layers
+    L = model.config.num_hidden_layers
     out = model(np.asarray(ids)[None], output_hidden_states=True, output_attentions=True)
     tick(len(ids))
-    x = layer_norm(model.rwkv.embed(np.asarray(ids)[None]), *model.rwkv.pre_ln, config.layer_norm_epsilon)[0]
     t = {"logits": out.logits[0], "ln_out": out.hidden_states[L][0]}
     for i in range(L):
-        halve = config.rescale_every > 0 and (i + 1) % config.rescale_every == 0
-        y, att = out.hidden_states[i][0], out.attentions[i][0]
-        t[f"blocks.{i}.attention"], t[f"blocks.{i}.output"] = att, y
-        t[f"blocks.{i}.feed_forward"] = (y.astype(np.float64) * (2 if halve else 1) - x - att).astype(y.dtype)
-        x = y
+        t[f"blocks.{i}.attention"] = out.attentions[i][0]
+        t[f"blocks.{i}.feed_forward"] = out.feed_forward[i][0]
+        t[f"blocks.{i}.output"] = out.hidden_states[i][0]
     for name, s in zip(STATE_NAMES, out.state):
         t[f"state.{name}"] = s[0]
     state = out.state
@@ -130,7 +126,7 @@ def model_files(path: str) -> dict[str, str]:
 
 
 def _dtype_name(x) -> str:
-    return "bfloat16" if type(x).__name__ == "_Bf16" else str(x.dtype)
+    return "bfloat16" if is_bf16(x) else str(x.dtype)
 
 
 def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int = 16,
@@ -182,8 +178,7 @@ def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int 
         "model": {"path": os.path.abspath(model_path), "files_sha256": model_files(model_path),
                   "config": config.to_dict(), "dtypes_on_disk": sorted({_dtype_name(x) for x in tensors.values()})},
         "files": {GOLDEN: "reference path (reference.py), float64",
-                  FAST: "fast path (model.py), float32; its feed_forward tensors are recovered as "
-                        "output * 2**halved - previous output - attention, so they carry x's rounding"},
+                  FAST: "fast path (model.py), float32"},
         "new_tokens": new_tokens, "prompts": prompt_info,
         "noise_floor": noise, "tolerances": tolerances,
         "tolerance_rule": f"|candidate - golden| <= atol per element; atol = max({TOL_FACTOR} x noise_floor "
@@ -258,8 +253,7 @@ def run_golden(args) -> int:
     prompts, texts = read_prompts(args)
     manifest = write_golden(args.model, prompts, args.out, args.new_tokens, texts,
                             progress=sys.stderr.isatty())
-    # feed_forward's float32 values are differences of x (see the module docstring), so their
-    # relative noise is meaningless when the branch is ~0; summarize block outputs and logits.
+    # A branch can be ~0 (its relative noise then means little): summarize block outputs and logits.
     worst = max(((n, v) for n, v in manifest["noise_floor"].items() if n.endswith((".output", ".logits"))),
                 key=lambda kv: kv[1]["max_rel"])
     print(f"wrote {args.out}: {len(prompts)} prompt(s), {sum(map(len, prompts))} tokens, "

@@ -18,9 +18,9 @@ import numpy as np
 
 from .config import RwkvConfig
 from .errors import InputError
-from .linear import linear
+from .linear import Bf16Weight, embedding_rows, linear, prepare_weight
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
-from .weights import as_float, check_finite, check_state_dict, load_state_dict
+from .weights import as_float, check_finite, check_state_dict, is_bf16, load_state_dict
 from .wkv import wkv_forward
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -32,6 +32,8 @@ class RwkvOutput:
     state: list | None = None                # five (B, H, L) arrays, see state.py
     hidden_states: tuple | None = None       # L + 1 of (B, T, H): each block's output, then ln_out's
     attentions: tuple | None = None          # L of (B, T, H): each block's attention-branch output
+    feed_forward: tuple | None = None        # L of (B, T, H): each block's feed-forward-branch output
+                                             # (not in HF; given with output_attentions)
 
 
 @dataclass
@@ -41,6 +43,7 @@ class RwkvCausalLMOutput:
     state: list | None = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+    feed_forward: tuple | None = None
 
 
 @dataclass
@@ -61,26 +64,46 @@ class Block:
     halve: bool                                           # x /= 2 after this block (rescale_every)
 
     @classmethod
-    def from_state_dict(cls, p: dict, i: int, config: RwkvConfig, dtype) -> "Block":
+    def from_state_dict(cls, p: dict, i: int, config: RwkvConfig, dtype, store) -> "Block":
         g = lambda name: as_float(p[f"rwkv.blocks.{i}.{name}"], dtype)
+        m = lambda name: store(p[f"rwkv.blocks.{i}.{name}"])  # a matrix, in the chosen storage
         every = config.rescale_every
         return cls(
             ln1_weight=g("ln1.weight"), ln1_bias=g("ln1.bias"),
             att_mix_k=g("attention.time_mix_key")[0, 0], att_mix_v=g("attention.time_mix_value")[0, 0],
             att_mix_r=g("attention.time_mix_receptance")[0, 0],
-            att_key=g("attention.key.weight"), att_value=g("attention.value.weight"),
-            att_receptance=g("attention.receptance.weight"), att_output=g("attention.output.weight"),
+            att_key=m("attention.key.weight"), att_value=m("attention.value.weight"),
+            att_receptance=m("attention.receptance.weight"), att_output=m("attention.output.weight"),
             # In float64 first so that a float32 model gets the correctly rounded w.
             time_decay=(-np.exp(as_float(p[f"rwkv.blocks.{i}.attention.time_decay"], np.float64))).astype(dtype),
             time_first=g("attention.time_first"),
             ln2_weight=g("ln2.weight"), ln2_bias=g("ln2.bias"),
             ffn_mix_k=g("feed_forward.time_mix_key")[0, 0], ffn_mix_r=g("feed_forward.time_mix_receptance")[0, 0],
-            ffn_key=g("feed_forward.key.weight"), ffn_receptance=g("feed_forward.receptance.weight"),
-            ffn_value=g("feed_forward.value.weight"),
+            ffn_key=m("feed_forward.key.weight"), ffn_receptance=m("feed_forward.receptance.weight"),
+            ffn_value=m("feed_forward.value.weight"),
             # HF divides output/value weights by 2**(i // every); dividing the product by the same
             # power of two is bit-identical and keeps the memory-mapped weights uncopied.
             scale=2.0 ** -(i // every) if every > 0 else 1.0,
             halve=every > 0 and (i + 1) % every == 0)
+
+
+def storage_of(dtype, weights: str | None):
+    """The function that puts a matrix (out, in) into memory for `linear`.
+
+    weights=None keeps each matrix as it is on disk, widened to the compute dtype (float32 files
+    stay memory-mapped); "float32", "float16", "bfloat16" or "int8" stores every matrix that way
+    (16-bit and int8 are widened inside linear's kernels: half / a quarter of the bytes per token)."""
+    def store(x):
+        if weights is None or weights == dtype.name:
+            return as_float(x, dtype)
+        if weights == "float16" and x.dtype == np.float16:
+            return x                                       # already 16-bit on disk: no copy
+        if weights == "bfloat16" and is_bf16(x):
+            return Bf16Weight(x.view(np.ndarray))
+        return prepare_weight(as_float(x, np.float32), weights)
+    if weights is not None and weights not in ("float32", "float64", "float16", "bfloat16", "int8"):
+        raise InputError(f"weights: expected float32, float16, bfloat16 or int8, got {weights!r}")
+    return store
 
 
 def layer_norm(x, weight, bias, eps):  # x (..., H) -> (..., H)
@@ -105,7 +128,7 @@ def shift(x, last):  # x (B, T, H), last (B, H) -> (B, T, H): the previous token
     return out
 
 
-def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention-branch output
+def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention and ffn branches
     B, T, H = x.shape
     xa = layer_norm(x, blk.ln1_weight, blk.ln1_bias, eps)
     sa = shift(xa, state[ATT_X][:, :, i])
@@ -133,29 +156,34 @@ def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention
     x = x + ffn
     if blk.halve:
         x = x / 2
-    return x, att
+    return x, att, ffn
 
 
 class RwkvModel:
     """The RWKV-4 trunk: embeddings -> blocks -> ln_out. Call it like HF's RwkvModel."""
 
-    def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32"):
+    def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32", weights: str | None = None):
+        """dtype: "float32" or "float64", the compute precision (activations, state).
+        weights: how matrices are kept in memory (see `storage_of`); None = as on disk."""
         if dtype not in _DTYPES:
             raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
         self.config, self.dtype = config, np.dtype(_DTYPES[dtype])
         d = self.dtype
-        self.embeddings = tensors["rwkv.embeddings.weight"]                 # (V, H), any stored dtype
+        store = storage_of(d, weights)
+        self.embeddings = store(tensors["rwkv.embeddings.weight"])          # (V, H), rows read per token
         self.pre_ln = (as_float(tensors["rwkv.blocks.0.pre_ln.weight"], d),
                        as_float(tensors["rwkv.blocks.0.pre_ln.bias"], d))   # (H,), (H,)
-        self.blocks = [Block.from_state_dict(tensors, i, config, d) for i in range(config.num_hidden_layers)]
+        self.blocks = [Block.from_state_dict(tensors, i, config, d, store) for i in range(config.num_hidden_layers)]
         self.ln_out = (as_float(tensors["rwkv.ln_out.weight"], d), as_float(tensors["rwkv.ln_out.bias"], d))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", allow_nonfinite=False) -> "RwkvModel":
-        """Load an HF model directory (config.json + model.safetensors or a sharded index).
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
+                        allow_nonfinite=False) -> "RwkvModel":
+        """Load a model: an HF directory (config.json + model.safetensors or a sharded index), or
+        a BlinkDL .pth / pytorch_model.bin / rwkv.cpp .bin file (read without torch).
         Weights holding NaN or inf are refused unless allow_nonfinite=True."""
         config, tensors = load_pretrained(path, head=False, allow_nonfinite=allow_nonfinite)
-        return cls(config, tensors, dtype)
+        return cls(config, tensors, dtype, weights)
 
     def embed(self, input_ids):  # (B, T) ints -> (B, T, H)
         try:
@@ -175,7 +203,7 @@ class RwkvModel:
         if ids.min() < 0 or ids.max() >= V:
             bad = ids[(ids < 0) | (ids >= V)].flat[0]
             raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {V})")
-        return as_float(self.embeddings[ids], self.dtype)
+        return embedding_rows(self.embeddings, ids.reshape(-1), self.dtype).reshape(*ids.shape, -1)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
                  output_attentions=False, inputs_embeds=None, attention_mask=None) -> RwkvOutput:
@@ -194,36 +222,40 @@ class RwkvModel:
             else check_state(state, self.config, B, self.dtype)
         eps = self.config.layer_norm_epsilon
         x = layer_norm(x, *self.pre_ln, eps)
-        hidden, attentions = [], []
+        hidden, attentions, ffns = [], [], []
         for i, blk in enumerate(self.blocks):
-            x, att = run_block(blk, i, x, state, eps)
+            x, att, ffn = run_block(blk, i, x, state, eps)
             if output_hidden_states:
                 hidden.append(x)
             if output_attentions:
                 attentions.append(att)
+                ffns.append(ffn)
         x = layer_norm(x, *self.ln_out, 1e-5)  # HF's ln_out always uses eps 1e-5
         return RwkvOutput(last_hidden_state=x, state=state if use_cache else None,
                           hidden_states=tuple(hidden + [x]) if output_hidden_states else None,
-                          attentions=tuple(attentions) if output_attentions else None)
+                          attentions=tuple(attentions) if output_attentions else None,
+                          feed_forward=tuple(ffns) if output_attentions else None)
 
 
 class RwkvForCausalLM:
     """RwkvModel plus the language-model head. Call it like HF's RwkvForCausalLM."""
 
-    def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32"):
-        self.rwkv = RwkvModel(config, tensors, dtype)
+    def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32", weights: str | None = None):
+        self.rwkv = RwkvModel(config, tensors, dtype, weights)
         self.config = config
-        self.head = tensors["head.weight"]                                   # (V, H)
-        if self.head.dtype != self.rwkv.dtype:
-            self.head = as_float(self.head, self.rwkv.dtype)
+        self.head = storage_of(self.rwkv.dtype, weights)(tensors["head.weight"])  # (V, H)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype="float32",
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
                         allow_nonfinite=False) -> "RwkvForCausalLM":
-        """Load an HF model directory (config.json + model.safetensors or a sharded index).
-        Weights holding NaN or inf are refused unless allow_nonfinite=True."""
+        """As RwkvModel.from_pretrained, with the language-model head."""
         config, tensors = load_pretrained(path, head=True, allow_nonfinite=allow_nonfinite)
-        return cls(config, tensors, dtype)
+        return cls(config, tensors, dtype, weights)
+
+    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
+        """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
+        from .generation import generate
+        return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
                  output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
@@ -238,13 +270,19 @@ class RwkvForCausalLM:
         logits = linear(x.reshape(B * T, H), self.head).reshape(B, T, -1)
         loss = None if labels is None else cross_entropy(logits, labels)
         return RwkvCausalLMOutput(loss=loss, logits=logits, state=out.state,
-                                  hidden_states=out.hidden_states, attentions=out.attentions)
+                                  hidden_states=out.hidden_states, attentions=out.attentions,
+                                  feed_forward=out.feed_forward)
 
 
 def load_pretrained(path, head: bool, allow_nonfinite: bool = False) -> tuple[RwkvConfig, dict]:
-    """Config and checked state dict of a model directory; `head` False for a bare RwkvModel."""
-    config = RwkvConfig.from_pretrained(path)
-    tensors = load_state_dict(path)
+    """Config and checked state dict of a model directory or checkpoint file; `head` False for a
+    bare RwkvModel."""
+    if os.path.isdir(path):
+        config = RwkvConfig.from_pretrained(path)
+        tensors = load_state_dict(path)
+    else:
+        from .convert import load_checkpoint  # .pth, pytorch_model.bin, rwkv.cpp .bin, .safetensors
+        config, tensors = load_checkpoint(path)
     if config.tie_word_embeddings and "rwkv.embeddings.weight" in tensors:
         tensors.setdefault("head.weight", tensors["rwkv.embeddings.weight"])
     if not head:

@@ -180,6 +180,11 @@ class _Bf16(np.ndarray):
     """A uint16 array holding bfloat16 bits, so `as_float` knows to widen it (numpy has no bf16)."""
 
 
+def is_bf16(x) -> bool:
+    """True for a tensor read from a BF16 file (uint16 bits that `as_float` widens)."""
+    return isinstance(x, _Bf16)
+
+
 def as_float(x: np.ndarray, dtype) -> np.ndarray:
     """A tensor as `dtype` (float32 or float64); float32 data asked as float32 is not copied."""
     if isinstance(x, _Bf16):

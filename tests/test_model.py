@@ -140,3 +140,27 @@ def test_16bit_files_load_as_their_rounded_values(tmp_path, dtype):
     bits = 11 if dtype == "float16" else 8
     assert np.all(np.abs(y - x) <= np.abs(x) * 2.0 ** -bits + 2.0 ** -24)
     assert sd["head.weight"].dtype.itemsize == 2
+
+
+@pytest.mark.parametrize("weights, tol", [("float16", 3e-3), ("bfloat16", 3e-2), ("int8", 8e-2)])
+def test_compact_weight_storage_stays_close_to_float32(weights, tol):
+    """16-bit and int8 matrices (widened inside linear's kernels) against the float64 reference,
+    in prefill and in single-token steps; the bounds are these formats' rounding on this model."""
+    model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights)
+    ref = reference.forward(WEIGHTS, CONFIG, IDS)["logits"]
+    assert rel_err(model(IDS).logits, ref) < tol
+    state = model(IDS[:, :5]).state
+    assert rel_err(model(IDS[:, 5:6], state=state).logits[:, 0], ref[:, 5]) < tol
+
+
+def test_feed_forward_branch_matches_reference():
+    out = MODEL64(IDS, output_attentions=True)
+    for got, want in zip(out.feed_forward, reference.forward(WEIGHTS, CONFIG, IDS)["feed_forward"]):
+        assert rel_err(got, want) < 1e-12
+
+
+def test_checkpoint_files_load_directly(shared_data):
+    """from_pretrained takes an rwkv.cpp .bin (or .pth) file as well as an HF directory."""
+    model = RwkvForCausalLM.from_pretrained(shared_data / "rwkvcpp" / "tiny-rwkv-4v0-660K-FP32.bin")
+    expected = np.fromfile(shared_data / "rwkvcpp" / "expected-logits-4v0-660K.bin", "<f4")
+    assert np.abs(model([34, 105, 110]).logits[0, -1] - expected).max() < 1e-5
