@@ -107,7 +107,6 @@ def wkv_parallel(w, u, k, v, state=None, chunk: int = 64):
 _BLOCK = 64  # channels per parallel work item: contiguous, so the inner loop vectorizes
 
 
-@numba.njit(parallel=True, cache=True)
 def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a, b, p (B, C)
     B, T, C = k.shape
     nblocks = (C + _BLOCK - 1) // _BLOCK
@@ -136,6 +135,14 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
                 p[bi, c] = q
 
 
+# Two compilations of the same loop: threads pay off only when there is enough work per call
+# (a prompt); a decode step's few hundred channels run faster on one core, and on a loaded
+# machine waking idle threads for them costs milliseconds.
+_wkv_threads = numba.njit(parallel=True, cache=True)(_wkv_kernel)
+_wkv_serial = numba.njit(cache=True)(_wkv_kernel)
+PARALLEL_MIN_WORK = 1 << 16  # B * T * C steps
+
+
 def wkv_forward(w, u, k, v, state=None):
     """The model's WKV: Numba, in k's dtype (float32 or float64).  Shapes as `wkv_reference`.
 
@@ -147,6 +154,7 @@ def wkv_forward(w, u, k, v, state=None):
     else:
         a, b, p = (np.array(s, dtype, order="C") for s in state)  # copies: updated in place below
     out = np.empty((B, T, C), dtype)
-    _wkv_kernel(np.ascontiguousarray(w, dtype), np.ascontiguousarray(u, dtype),
+    kernel = _wkv_threads if B * T * C >= PARALLEL_MIN_WORK else _wkv_serial
+    kernel(np.ascontiguousarray(w, dtype), np.ascontiguousarray(u, dtype),
                 np.ascontiguousarray(k), np.ascontiguousarray(v, dtype), a, b, p, out)
     return out, (a, b, p)
