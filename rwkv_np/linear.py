@@ -4,9 +4,10 @@ Why this file exists: one decoded token reads every weight once (0.52 GB for the
 float32), so decode speed is memory bandwidth; a prompt is a chain of GEMMs, so prefill speed is
 BLAS. `linear` picks the kernel by the number of rows N of x:
 
-  N == 1        a Numba matrix-vector kernel: both cores stream W row by row, one vectorized
+  N == 1        a Numba matrix-vector kernel: all cores stream W row by row, one vectorized
                 dot product per row. 16-bit and int8 rows are widened in registers, never
-                written back, so they cost half / a quarter of the float32 bandwidth.
+                written back, so they read half / a quarter of the float32 bytes (on a Zen 1
+                core the widening instructions, not memory, then set the pace).
   2 <= N <= 16  (batched decode) a matrix-matrix kernel that reads each weight row once and
                 uses it for every row of x while it sits in L1.
   N > 16        BLAS GEMM (numpy's OpenBLAS); 16-bit and int8 weights are widened to float32
@@ -34,7 +35,8 @@ from numba.core.extending import intrinsic
 from .errors import InputError
 
 STORAGES = ("float32", "float64", "float16", "bfloat16", "int8")
-SMALL_N = 16          # up to this many rows of x use the weight-row-reuse kernel, above: BLAS
+SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
+#               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
 _BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
 
 

@@ -221,14 +221,30 @@ ENGINES = {"ours": Ours, "hf": HF, "blinkdl": BlinkDL}
 def probe(args) -> None:
     """In a fresh process: load time and peak RSS of one engine doing a little work."""
     set_threads(args.threads)
+    if args.engine != "ours":  # library imports are not load time
+        import torch
+        torch.set_num_threads(args.threads)
+        import transformers  # noqa: F401
+        os.environ.setdefault("RWKV_JIT_ON", "1")
+        os.environ["RWKV_CUDA_ON"] = "0"
+        import rwkv.model  # noqa: F401
     t = time.perf_counter()
-    engine = ENGINES[args.engine](args.dir, args.storage)
+    engine = ENGINES[args.engine](args.dir, args.storage[0])
     load = time.perf_counter() - t
     ids = np.arange(64) % 50000
     engine.prefill(ids)
     engine.decode(ids[:4], 1, 4)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"load_s": load, "peak_rss_MB": rss}))
+    print(json.dumps({"load_s": load, "peak_rss_MB": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: after fork + exec, Linux's
+    ru_maxrss still counts the parent's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_probe(engine, directory, storage, threads) -> dict:
