@@ -262,8 +262,14 @@ def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: d
         offset += len(data)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
-    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
-        f.write(len(blob).to_bytes(8, "little") + blob)
-        for data in chunks:
-            f.write(data)
+    file = os.path.join(directory, "model.safetensors")
+    try:  # into a temporary name first, so that a failed write (disk full...) leaves no partial file
+        with open(file + ".partial", "wb") as f:
+            f.write(len(blob).to_bytes(8, "little") + blob)
+            for data in chunks:
+                f.write(data)
+        os.replace(file + ".partial", file)
+    finally:
+        if os.path.exists(file + ".partial"):
+            os.remove(file + ".partial")
     config.save_pretrained(directory)
