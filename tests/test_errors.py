@@ -541,3 +541,31 @@ def test_cli_debug_shows_the_traceback(model_dir):
     CONFIG_CASES["missing"][0](model_dir)
     result = run_cli("info", "--model", model_dir, "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """save_pretrained (used by `rwkv-np convert`) writes to a temporary name and renames it:
+    a write that fails midway (here: the disk 'fills' after the header) leaves no model file."""
+    from rwkv_np import weights
+    config = RwkvConfig.from_dict(CONFIG)
+    real_open = open
+
+    class DiskFull:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 1:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("builtins.open", lambda file, mode="r", *a, **k: DiskFull(real_open(file, mode, *a, **k))
+                        if "wb" in mode else real_open(file, mode, *a, **k))
+    with pytest.raises(OSError):
+        weights.save_pretrained(tmp_path / "out", config, random_state_dict(config))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
