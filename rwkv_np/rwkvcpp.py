@@ -20,6 +20,7 @@ incompatible quantized layout and are refused.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 
@@ -94,7 +95,7 @@ def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndar
                                  "whose old quantized layout rwkv_np does not read (re-quantize with rwkv.cpp)")
         if min(dims) < 1 or (kind in QUANTIZED and dims[-1] % QK):
             raise ModelFileError(f"{path}: tensor {name!r} has impossible shape {dims}")
-        count = int(np.prod(dims))
+        count = math.prod(dims)  # a Python int: np.prod would wrap around on lying sizes
         nbytes = count * np.dtype(_TYPES[kind]).itemsize if kind in _TYPES else count // QK * QUANTIZED[kind][1]
         if off + nbytes > len(buf):
             raise ModelFileError(f"{path}: tensor {name!r} needs {nbytes} bytes, the file ends first")
@@ -107,8 +108,11 @@ def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndar
     H = int(n_embed)
     for key in list(tensors):
         if "time_mix" in key:
-            tensors[key] = tensors[key].reshape(1, 1, H)
+            tensors[key] = tensors[key].reshape(1, 1, -1)  # a wrong size is reported by check_state_dict
         elif key.endswith("time_decay"):  # stored as w = -exp(decay); HF keeps the raw decay
+            if not np.all(tensors[key] < 0):
+                raise ModelFileError(f"{path}: {key} holds values that are not < 0; rwkv.cpp stores "
+                                     "time_decay as -exp(decay)")
             tensors[key] = np.log(-tensors[key].astype(np.float64)).astype(np.float32)
     ffn = tensors.get("rwkv.blocks.0.feed_forward.key.weight")
     try:
