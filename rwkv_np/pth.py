@@ -170,4 +170,7 @@ def _storage_bytes(zf: zipfile.ZipFile, buf, member: str, path: str):
 
 
 def is_torch_zip(path) -> bool:
-    return os.path.isfile(path) and zipfile.is_zipfile(path)
+    try:  # is_zipfile itself raises on some damaged archives ("span multiple disks")
+        return os.path.isfile(path) and zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:
+        return True  # a zip, but damaged: read_torch_zip reports it
