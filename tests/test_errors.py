@@ -234,6 +234,16 @@ def test_bad_safetensors(model_dir, case):
     assert str(model_dir) in str(err), "the message names the file"
 
 
+def test_checkpoint_files_are_checked_for_nonfinite_weights(tmp_path):
+    """from_pretrained on an rwkv.cpp file: a NaN weight is refused like in safetensors."""
+    tensors = random_state_dict(RwkvConfig.from_dict(CONFIG), seed=2)
+    tensors["rwkv.blocks.1.feed_forward.value.weight"][3, 4] = np.nan
+    (tmp_path / "m.bin").write_bytes(rwkvcpp_bytes(tensors=tensors))
+    expect(ModelFileError, "rwkv.blocks.1.feed_forward.value.weight holds non-finite values (NaN or inf) at "
+           "flat index 40", RwkvForCausalLM.from_pretrained, tmp_path / "m.bin")
+    RwkvForCausalLM.from_pretrained(tmp_path / "m.bin", allow_nonfinite=True)
+
+
 def test_bf16_infinity_is_found(model_dir):
     """BF16 (stored as raw uint16 bits) needs its own non-finite test: exponent bits all ones."""
     header, body = safetensors_parts(random_state_dict(RwkvConfig.from_dict(CONFIG), seed=1))
@@ -351,19 +361,11 @@ def _positive_decay() -> bytes:
     return bytes(data)
 
 
-# Known gaps in rwkvcpp.py (owned by another helper; reported): these document the fix wanted.
-BIN_CASES["header_wrong_embed"] = (lambda: _patch(valid_bin(), 12, 9), "(1, 1, 9)")
-BIN_CASES["positive_time_decay"] = (_positive_decay, "time_decay")
-BIN_GAPS = {
-    "header_wrong_embed": pytest.mark.xfail(raises=ValueError, reason="rwkvcpp.py reshapes time_mix "
-                                            "to n_embed before checking shapes: a bare ValueError"),
-    "positive_time_decay": pytest.mark.xfail(reason="rwkvcpp.py turns a stored w >= 0 into a NaN "
-                                             "time_decay instead of refusing it"),
-}
+BIN_CASES["header_wrong_embed"] = (lambda: _patch(valid_bin(), 12, 9), "has shape (16, 8), the config implies (16, 9)")
+BIN_CASES["positive_time_decay"] = (_positive_decay, "time_decay holds values that are not < 0")
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=BIN_GAPS[c]) if c in BIN_GAPS else c
-                                  for c in BIN_CASES])
+@pytest.mark.parametrize("case", BIN_CASES)
 def test_bad_rwkvcpp_file(tmp_path, case):
     from rwkv_np.rwkvcpp import read_rwkvcpp
     make, fragment = BIN_CASES[case]
@@ -391,14 +393,11 @@ PTH_CASES = {
     "truncated_half": (lambda: _pth()[:len(_pth()) // 2], "not an HF model directory"),
     "no_end_of_archive": (lambda: _pth()[:-22], "not an HF model directory"),
     "local_header_magic": (lambda: b"XX" + _pth()[2:], "damaged zip archive"),
-    "multi_disk": (lambda: _multi_disk(_pth()), "zip"),
+    "multi_disk": (lambda: _multi_disk(_pth()), "not a zip-format torch checkpoint, or a damaged one"),
 }
-PTH_GAPS = {"multi_disk": pytest.mark.xfail(raises=Exception, reason="pth.is_torch_zip lets zipfile's "
-                                            "BadZipFile ('span multiple disks') escape")}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=PTH_GAPS[c]) if c in PTH_GAPS else c
-                                  for c in PTH_CASES])
+@pytest.mark.parametrize("case", PTH_CASES)
 def test_bad_pth(tmp_path, case):
     pytest.importorskip("rwkv_np.pth")
     from rwkv_np.convert import load_checkpoint

@@ -134,9 +134,7 @@ def rwkvcpp_target(tmp_path_factory):
 
 
 def _load_rwkvcpp(path):
-    from rwkv_np.rwkvcpp import read_rwkvcpp
-    config, tensors = read_rwkvcpp(path)
-    return RwkvForCausalLM(config, tensors)
+    return RwkvForCausalLM.from_pretrained(path)  # the public path: reader, shape and finiteness checks
 
 
 @settings(max_examples=EXAMPLES)
@@ -168,9 +166,7 @@ def pth_target(tmp_path_factory):
 
 
 def _load_pth(path):
-    from rwkv_np.convert import load_checkpoint
-    config, tensors = load_checkpoint(path)
-    return RwkvForCausalLM(config, tensors)
+    return RwkvForCausalLM.from_pretrained(path)  # through convert.load_checkpoint
 
 
 @settings(max_examples=EXAMPLES)
