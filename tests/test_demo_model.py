@@ -6,8 +6,9 @@ time — torch float32 logits of a few held-out tinyshakespeare windows (empty s
 token by token (HF's log-space WKV) from the SAME 16-bit weights that were written to the
 asset. The tool also checked those logits against transformers' RwkvForCausalLM. So both sides
 start from identical weights and differ only by float32 rounding: errors are measured as
-max|got - ref| / max|ref| and held to 1e-5 (float64 rwkv_np is held to the same bound, the
-torch float32 side being the coarser one). Nothing here needs torch or ../shared.
+max|got - ref| / max|ref| and held to 1e-5 (measured: 6e-7 float32, 9e-7 float64 — the
+float64 engine is held to the same bound, the torch float32 side being the coarser one). Only the last test reads ../shared (and skips
+without it); nothing here needs torch.
 """
 from __future__ import annotations
 
@@ -89,10 +90,9 @@ def test_demo_model_loads_without_the_repository_or_shared_data(tmp_path):
 
 def test_demo_model_predicts_held_out_shakespeare(shared_data):
     """Quality guard on the first 2048 held-out bytes (the last 10% of tinyshakespeare.txt,
-    never trained on): under the 1.9 nats/char the whole held-out part was required to reach
-    (with margin for this short, cold-started piece), far from ln 256 = 5.5 for a model that
-    knows nothing."""
+    never trained on), from an empty state: 1.30 nats/char measured at export; a model that
+    knows nothing scores ln 256 = 5.5, the issue's bar for the whole held-out part is 1.9."""
     text = (shared_data / "tinyshakespeare.txt").read_bytes()
     held_out = np.frombuffer(text[int(0.9 * len(text)):], np.uint8)[:2048].astype(np.int64)
     out = RwkvForCausalLM.from_pretrained(DEMO)(held_out, labels=held_out)
-    assert out.loss < 2.1
+    assert out.loss < 1.5
