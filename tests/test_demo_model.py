@@ -7,8 +7,8 @@ token by token (HF's log-space WKV) from the SAME 16-bit weights that were writt
 asset. The tool also checked those logits against transformers' RwkvForCausalLM. So both sides
 start from identical weights and differ only by float32 rounding: errors are measured as
 max|got - ref| / max|ref| and held to 1e-5 (measured: 6e-7 float32, 9e-7 float64 — the
-float64 engine is held to the same bound, the torch float32 side being the coarser one). Only the last test reads ../shared (and skips
-without it); nothing here needs torch.
+float64 engine is held to the same bound, the torch float32 side being the coarser one).
+Only the last test reads ../shared (and skips without it); nothing here needs torch.
 """
 from __future__ import annotations
 
