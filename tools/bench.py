@@ -150,11 +150,14 @@ class Ours:
     def prefill(self, ids):  # ids (T,) -> None
         self.model(np.asarray(ids)[None])
 
-    def decode(self, ids, B, steps):  # prompt ids (T,), then `steps` single-token steps of B rows
+    def decode(self, ids, B, steps) -> float:  # prompt ids (T,), then `steps` steps of B rows
+        """Seconds taken by the single-token steps (the prompt is not timed)."""
         state = self.model(np.tile(ids, (B, 1))).state
         tok = np.full((B, 1), ids[-1])
+        t = time.perf_counter()
         for _ in range(steps):
             state = self.model(tok, state=state).state
+        return time.perf_counter() - t
 
 
 class HF:
@@ -174,8 +177,10 @@ class HF:
         with t.no_grad():
             state = self.model(t.tensor([list(ids)]), use_cache=True).state
             tok = t.tensor([[int(ids[-1])]])
+            start = time.perf_counter()
             for _ in range(steps):
                 state = self.model(tok, state=state, use_cache=True).state
+            return time.perf_counter() - start
 
 
 class BlinkDL:
@@ -192,8 +197,10 @@ class BlinkDL:
 
     def decode(self, ids, B, steps):
         _, state = self.model.forward([int(i) for i in ids], None)
+        t = time.perf_counter()
         for _ in range(steps):
             _, state = self.model.forward([int(ids[-1])], state)
+        return time.perf_counter() - t
 
 
 def write_pth(directory) -> str:
@@ -263,7 +270,7 @@ def bench_models(args, directory) -> dict:
     engines = [Ours(directory, s) for s in args.storage]
     if args.peers:
         engines += [HF(directory), BlinkDL(directory)]
-    ids = np.random.default_rng(0).integers(0, 50000, max(args.prefill))
+    ids = np.random.default_rng(0).integers(0, 50000, max(args.prefill, default=4))
     res = {e.name: {} for e in engines}
 
     def keep(e, key, value):
@@ -282,11 +289,7 @@ def bench_models(args, directory) -> dict:
                 e.prefill(ids[:T])
                 keep(e, f"prefill_s_T{T}", time.perf_counter() - t)
             for B in ((1, 8) if isinstance(e, Ours) else (1,)):
-                t0 = time.perf_counter()
-                e.decode(ids[:4], B, 0)
-                t1 = time.perf_counter()
-                e.decode(ids[:4], B, args.steps)
-                steps = time.perf_counter() - t1 - (t1 - t0)  # minus the prompt
+                steps = e.decode(ids[:4], B, args.steps)  # seconds of the steps, not the prompt
                 keep(e, f"decode_ms_B{B}", steps / args.steps * 1e3)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     for e in engines:
@@ -295,8 +298,8 @@ def bench_models(args, directory) -> dict:
             d[f"prefill_tok_s_T{T}"] = T / d.pop(f"prefill_s_T{T}")
         if isinstance(e, Ours):
             d["decode_GBps_B1"] = e.weight_bytes / d["decode_ms_B1"] / 1e6
-            T = max(args.prefill)
-            d[f"prefill_GFLOPs_T{T}"] = 2 * e.matrix_params * d[f"prefill_tok_s_T{T}"] / GB
+            for T in args.prefill[-1:]:
+                d[f"prefill_GFLOPs_T{T}"] = 2 * e.matrix_params * d[f"prefill_tok_s_T{T}"] / GB
             d["batch8_vs_batch1_throughput"] = 8 * d["decode_ms_B1"] / d["decode_ms_B8"]
             d["weight_MB"] = e.weight_bytes / 1e6
     for e in engines:  # in fresh processes, one at a time
@@ -352,7 +355,8 @@ def main() -> None:
     p.add_argument("--model", help="an HF model directory instead of a random model")
     p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8"])
     p.add_argument("--peers", action="store_true", help="also run HF transformers and BlinkDL rwkv")
-    p.add_argument("--prefill", type=int, nargs="+", default=[64, 256, 1024], help="prompt lengths")
+    p.add_argument("--prefill", type=int, nargs="*", default=[64, 256, 1024],
+                   help="prompt lengths (none: decode only)")
     p.add_argument("--steps", type=int, default=16, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every engine")
