@@ -137,18 +137,15 @@ class Ours:
         from rwkv_np import RwkvForCausalLM
         dtype = "float64" if storage == "float64" else "float32"
         self.name = f"rwkv_np {storage}"
-        self.model = RwkvForCausalLM.from_pretrained(directory, dtype=dtype)
-        if storage not in ("float32", "float64"):
-            for blk in self.model.rwkv.blocks:
-                for field in MATRICES:
-                    setattr(blk, field, prepare_weight(getattr(blk, field), storage))
-            self.model.head = prepare_weight(self.model.head, storage)
+        self.model = RwkvForCausalLM.from_pretrained(directory, dtype=dtype, weights=storage)
         mats = [getattr(b, f) for b in self.model.rwkv.blocks for f in MATRICES] + [self.model.head]
         self.weight_bytes = sum(m.nbytes for m in mats)
         self.matrix_params = sum(m.shape[0] * m.shape[1] for m in mats)
 
     def prefill(self, ids):  # ids (T,) -> None
-        self.model(np.asarray(ids)[None])
+        # As generation prefills: the head only where the next token is read (BlinkDL's forward
+        # also returns the last position's logits only).
+        self.model(np.asarray(ids)[None], logits_to_keep=1)
 
     def decode(self, ids, B, steps) -> float:  # prompt ids (T,), then `steps` steps of B rows
         """Seconds taken by the single-token steps (the prompt is not timed)."""
