@@ -15,7 +15,6 @@ Adding a subcommand: write `add_<name>(subparsers)`, which builds its parser and
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -23,16 +22,15 @@ import sys
 
 from .errors import InputError, RwkvError
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 Formatter = argparse.ArgumentDefaultsHelpFormatter
 
 
 # -- shared options ------------------------------------------------------------------------------
 
 def demo_model_dir() -> str | None:
-    """The model shipped in rwkv_np/assets/<name>/ (the first directory holding a config.json)."""
-    found = sorted(glob.glob(os.path.join(ASSETS, "*", "config.json")))
-    return os.path.dirname(found[0]) if found else None
+    """The model shipped inside the package (rwkv_np.DEMO_MODEL), or None if it is not there."""
+    from . import DEMO_MODEL
+    return DEMO_MODEL if os.path.isfile(os.path.join(DEMO_MODEL, "config.json")) else None
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import RwkvConfig
 from .errors import InputError
-from .linear import Bf16Weight, embedding_rows, linear, prepare_weight
+from .linear import STORAGES, Bf16Weight, embedding_rows, linear, prepare_weight
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
 from .weights import as_float, check_finite, check_state_dict, is_bf16, load_state_dict
 from .wkv import wkv_forward
@@ -93,6 +93,9 @@ def storage_of(dtype, weights: str | None):
     weights=None keeps each matrix as it is on disk, widened to the compute dtype (float32 files
     stay memory-mapped); "float32", "float16", "bfloat16" or "int8" stores every matrix that way
     (16-bit and int8 are widened inside linear's kernels: half / a quarter of the bytes per token)."""
+    if weights is not None and weights not in STORAGES:
+        raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
+
     def store(x):
         if weights is None or weights == dtype.name:
             return as_float(x, dtype)
@@ -101,8 +104,6 @@ def storage_of(dtype, weights: str | None):
         if weights == "bfloat16" and is_bf16(x):
             return Bf16Weight(x.view(np.ndarray))
         return prepare_weight(as_float(x, np.float32), weights)
-    if weights is not None and weights not in ("float32", "float64", "float16", "bfloat16", "int8"):
-        raise InputError(f"weights: expected float32, float16, bfloat16 or int8, got {weights!r}")
     return store
 
 
