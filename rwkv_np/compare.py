@@ -219,3 +219,34 @@ def run_compare(args) -> int:
     result = compare(args.golden, args.candidate, args.atol_scale)
     print(format_report(result, args.verbose))
     return 0 if result.passed else 1
+
+
+# ---------------------------------------------------------------- logits of two runs of a model
+
+def logit_agreement(ref_logits, logits) -> dict:
+    """How closely `logits` follow `ref_logits`, both (..., V), over all the (...) positions.
+
+      max_rel_err  = max |logits - ref| / max |ref|, over every element (the project's rel error)
+      top1         = fraction of positions where argmax logits == argmax ref
+      mean_kl, max_kl over positions of KL(p || q) = sum_v p_v (log p_v - log q_v), in nats,
+                     p = softmax(ref), q = softmax(logits), computed in float64 with
+                     log softmax(z) = z - max z - log sum exp(z - max z)
+      positions    = the number of positions compared
+    """
+    ref = np.asarray(ref_logits, np.float64)
+    got = np.asarray(logits, np.float64)
+    if ref.shape != got.shape or ref.ndim < 1 or ref.size == 0:
+        raise InputError(f"logit_agreement: shapes {ref.shape} and {got.shape} must be equal and non-empty")
+    ref, got = ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    logp, logq = log_softmax(ref), log_softmax(got)
+    kl = (np.exp(logp) * (logp - logq)).sum(-1)
+    scale = np.abs(ref).max()
+    return {"positions": len(ref),
+            "max_rel_err": float(np.abs(got - ref).max() / scale) if scale else float("nan"),
+            "top1": float(np.mean(ref.argmax(-1) == got.argmax(-1))),
+            "mean_kl": float(kl.mean()), "max_kl": float(kl.max())}

@@ -1,0 +1,101 @@
+"""Quality of each weight storage against float32, on real text with the demo model (issue 7).
+
+    python tools/quality.py [--text FILE] [--windows N] [--json]
+
+Text: by default the held-out part of tinyshakespeare, the last 10% of
+REPO/../shared/data/tinyshakespeare.txt (never trained on); --text takes any file. The demo
+model is byte-level, so the ids are the bytes. N windows of 512 bytes, evenly spaced through the
+text, each from an empty state, go through the model in one forward call (batch N) per storage;
+every position's logits are compared (rwkv_np.compare.logit_agreement).
+
+Rows: float32 storage against the float64 model (the floor: float32 arithmetic itself), then
+float16, bfloat16 and int8 storage against float32 storage. The demo model is F16 on disk, so
+"float16" keeps exactly the stored values: any difference from float32 storage comes from the
+order of accumulation, not from the weights. bfloat16 keeps 8 significant bits of each weight
+(F16 has 11); int8 keeps 255 levels per row (scale max|W[i]| / 127).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import rwkv_np  # noqa: E402
+from rwkv_np import RwkvForCausalLM  # noqa: E402
+from rwkv_np.compare import logit_agreement  # noqa: E402
+
+TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+STORAGES = ("float16", "bfloat16", "int8")  # each compared with weights="float32"
+WINDOW = 512
+
+
+def held_out(text: bytes) -> bytes:
+    """The last 10% of tinyshakespeare, split by position as the demo model's training did."""
+    return text[int(0.9 * len(text)):]
+
+
+def windows(text: bytes, n: int = 4, T: int = WINDOW) -> np.ndarray:  # -> (n, T) int64 byte ids
+    """n windows of T bytes evenly spaced through the text, not overlapping (fewer, or one
+    shorter window, when the text is too short)."""
+    ids = np.frombuffer(text, np.uint8).astype(np.int64)
+    T = min(T, len(ids))
+    n = max(1, min(n, len(ids) // T))
+    starts = np.linspace(0, len(ids) - T, n).astype(np.int64)
+    return np.stack([ids[s:s + T] for s in starts])
+
+
+def measure(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
+    """One row per storage: logit_agreement of its logits with its reference on ids (B, T)."""
+    logits = lambda **kw: RwkvForCausalLM.from_pretrained(model, **kw)(ids).logits
+    ref = logits(weights="float32")
+    rows = [{"storage": "float32", "reference": "float64", **logit_agreement(logits(dtype="float64"), ref)}]
+    for storage in STORAGES:
+        rows.append({"storage": storage, "reference": "float32",
+                     **logit_agreement(ref, logits(weights=storage))})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| storage | vs | positions | max rel logit err | top-1 agreement | mean KL (nats) | max KL (nats) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['storage']} | {r['reference']} | {r['positions']:,} | {r['max_rel_err']:.2e} "
+                     f"| {r['top1']:.4f} | {r['mean_kl']:.2e} | {r['max_kl']:.2e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--text", type=Path, help="any text file, used whole "
+                   f"(default: the last 10%% of {TINYSHAKESPEARE})")
+    p.add_argument("--windows", type=int, default=4, help=f"windows of {WINDOW} bytes (default 4)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON, not a table")
+    args = p.parse_args(argv)
+    path = args.text or TINYSHAKESPEARE
+    if not path.is_file():
+        print(f"quality: {path} not found" + ("" if args.text else
+              " (the default text lives in ../shared/data; pass --text FILE to use another)"),
+              file=sys.stderr)
+        return 2
+    text = path.read_bytes() if args.text else held_out(TINYSHAKESPEARE.read_bytes())
+    if len(text) < 2 or args.windows < 1:
+        print("quality: need a text of 2 bytes or more and --windows >= 1", file=sys.stderr)
+        return 2
+    ids = windows(text, args.windows)
+    rows = measure(ids)
+    source = str(path) if args.text else f"held-out tinyshakespeare (last 10% of {path})"
+    if args.json:
+        print(json.dumps({"text": source, "windows": ids.shape[0], "window_bytes": ids.shape[1],
+                          "rows": rows}, indent=1))
+    else:
+        print(f"demo model, {source}: {ids.shape[0]} windows x {ids.shape[1]} bytes "
+              f"= {ids.size:,} positions, each window from an empty state\n")
+        print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
