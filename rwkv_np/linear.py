@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core.extending import intrinsic
+from numba.core.extending import intrinsic, overload
 
 from .errors import InputError
 
@@ -52,7 +52,7 @@ class Bf16Weight:
         self.nbytes = self.bits.nbytes
 
     def to_float32(self) -> np.ndarray:  # -> (out, in) float32
-        return (self.bits.astype(np.uint32) << 16).view(np.float32)
+        return rows_as_float((self.bits, _BF16, _NO_SCALE), 0, self.shape[0])
 
     def __repr__(self):
         return f"Bf16Weight(shape={self.shape})"
@@ -76,7 +76,7 @@ class Int8Weight:
             0 if self.col_scale is None else self.col_scale.nbytes)
 
     def to_float32(self) -> np.ndarray:  # -> (out, in) float32, the matrix the kernels multiply by
-        w = self.q.astype(np.float32) * self.row_scale[:, None]
+        w = rows_as_float((self.q, _I8, self.row_scale), 0, self.shape[0])
         return w if self.col_scale is None else w * self.col_scale[None, :]
 
     def __repr__(self):
@@ -141,147 +141,179 @@ def _bits_to_f32(typingctx, bits):
     return types.float32(types.uint32), codegen
 
 
+# One widening function per storage, passed to the loops below (Numba compiles a copy of the
+# loop for each, so the conversion is inlined and vectorized).
 @njit(inline="always")
-def _bf16_to_f32(bits):  # uint16 -> float32: bfloat16 is the upper half of a float32
+def _as_is(v):  # float32 / float64 storage
+    return v
+
+
+@njit(inline="always")
+def _f16(bits):  # uint16 float16 bits -> float32
+    return _f16_to_f32(bits)
+
+
+@njit(inline="always")
+def _bf16(bits):  # uint16 -> float32: bfloat16 is the upper half of a float32
     return _bits_to_f32(np.uint32(bits) << np.uint32(16))
 
 
-# ---------------------------------------------------------------- decode: N == 1
-# One accumulator per weight row, a plain loop over the row: LLVM vectorizes and unrolls it
-# (fastmath lets it reorder the sum). prange splits the rows between the cores.
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _matvec_float(W, x, y):  # W (out, in) float, x (in,), y (out,)
-    for i in prange(W.shape[0]):
-        acc = np.float32(0.0)
-        for j in range(W.shape[1]):
-            acc += W[i, j] * x[j]
-        y[i] = acc
+@njit(inline="always")
+def _i8(q):  # int8 -> float32 (the row scale is applied to the finished dot product)
+    return np.float32(q)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _matvec_f16(W, x, y):  # W (out, in) uint16 float16 bits, x (in,), y (out,)
-    for i in prange(W.shape[0]):
-        acc = np.float32(0.0)
-        for j in range(W.shape[1]):
-            acc += _f16_to_f32(W[i, j]) * x[j]
-        y[i] = acc
+# ---------------------------------------------------------------- decode: N <= SMALL_N rows of x
+# `project` computes some rows of y = x @ W.T for a weight in any storage. It is the one kernel
+# of token mode: `linear` runs it over all rows, split between the cores, and decode.py runs it
+# inside its fused layer step. A stored weight travels as a tuple (array, kind, row_scale):
+# Numba compiles one version per array dtype, and `kind` tells float16 from bfloat16 bits.
+
+_FLOAT, _F16, _BF16, _I8 = 0, 1, 2, 3  # kind
+_NO_SCALE = np.ones(0, np.float32)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _matvec_bf16(W, x, y):  # W (out, in) uint16 bfloat16 bits, x (in,), y (out,)
-    for i in prange(W.shape[0]):
-        acc = np.float32(0.0)
-        for j in range(W.shape[1]):
-            acc += _bf16_to_f32(W[i, j]) * x[j]
-        y[i] = acc
+def project(W, x, y, i0, i1, buf):  # W (array (out, in), kind, row_scale), x (N, in), y (N, out)
+    """y[:, i] = x @ W[i] for i0 <= i < i1; buf (2, in) float32 scratch for two widened rows."""
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _matvec_i8(Q, row_scale, x, y):  # Q (out, in) int8, row_scale (out,), x (in,), y (out,)
-    for i in prange(Q.shape[0]):
-        acc = np.float32(0.0)
-        for j in range(Q.shape[1]):
-            acc += np.float32(Q[i, j]) * x[j]
-        y[i] = acc * row_scale[i]
-
-
-# ---------------------------------------------------------------- batched decode: 2 <= N <= SMALL_N
-# Each weight row is loaded from memory once and used for all N rows of x while it is in L1;
-# four rows of x per pass, so that every load of w[j] feeds four multiply-adds.
-
-_F16, _BF16, _I8 = 1, 2, 3  # `kind` of a packed (non-float) weight
+@overload(project, jit_options={"fastmath": True}, inline="never")
+def _project(W, x, y, i0, i1, buf):
+    dtype = W.types[0].dtype
+    if isinstance(dtype, types.Float):
+        def impl(W, x, y, i0, i1, buf):
+            A = W[0]
+            if x.shape[0] == 1:
+                _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
+            else:  # no widening: the rows are used where they are
+                for i in range(i0, i1, 2):
+                    k = min(i + 1, i1 - 1)  # the last row of an odd count goes alone
+                    _dot_rows(A[i], A[k], x, y, i, k > i)
+        return impl
+    if dtype == types.uint16:
+        def impl(W, x, y, i0, i1, buf):
+            if W[1] == _F16:
+                _packed_rows(W[0], _f16, x, y, i0, i1, buf)
+            else:
+                _packed_rows(W[0], _bf16, x, y, i0, i1, buf)
+        return impl
+    if dtype == types.int8:
+        def impl(W, x, y, i0, i1, buf):
+            _packed_rows(W[0], _i8, x, y, i0, i1, buf)
+            scale = W[2]
+            for n in range(x.shape[0]):
+                for i in range(i0, i1):
+                    y[n, i] *= scale[i]
+        return impl
 
 
 @njit(inline="always")
-def _dot_rows(w, x, y, i):  # w (in,) one weight row, x (N, in), y (N, out): y[:, i] = x @ w
+def _matvec_rows(A, widen, x, y, i0, i1):  # A (out, in), x (in,), y (out,): y[i] = A[i] . x
+    """N == 1: one accumulator per weight row and a plain loop over it: LLVM vectorizes and
+    unrolls it (fastmath lets it reorder the sum). Packed elements are widened in registers,
+    never written back, so they read half / a quarter of the float32 bytes. (Four rows per
+    pass, sharing each load of x, measured no faster in the model and slower when packed.)"""
+    for i in range(i0, i1):
+        acc = np.float32(0.0)
+        for j in range(A.shape[1]):
+            acc += widen(A[i, j]) * x[j]
+        y[i] = acc
+
+
+@njit(inline="always")
+def _packed_rows(A, widen, x, y, i0, i1, buf):  # A (out, in) packed, x (N, in), y (N, out)
+    if x.shape[0] == 1:
+        _matvec_rows(A, widen, x[0], y[0], i0, i1)
+        return
+    for i in range(i0, i1, 2):  # N > 1: widen a pair of rows once, use it for every row of x
+        k = min(i + 1, i1 - 1)
+        for j in range(A.shape[1]):
+            buf[0, j] = widen(A[i, j])
+            buf[1, j] = widen(A[k, j])
+        _dot_rows(buf[0], buf[1], x, y, i, k > i)
+
+
+@njit(inline="always")
+def _dot_rows(w0, w1, x, y, i, pair):  # w0, w1 (in,) rows i, i+1; x (N, in): y[:, i:i+2] = x @ [w0 w1]
+    """Register blocking: two weight rows by four rows of x per pass, eight accumulators, so six
+    loads feed eight multiply-adds (one weight row at a time would need five loads per four)."""
     n = 0
     while n + 4 <= x.shape[0]:
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for j in range(w.shape[0]):
-            a0 += w[j] * x[n, j]
-            a1 += w[j] * x[n + 1, j]
-            a2 += w[j] * x[n + 2, j]
-            a3 += w[j] * x[n + 3, j]
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+        for j in range(w0.shape[0]):
+            p, q = w0[j], w1[j]
+            x0, x1, x2, x3 = x[n, j], x[n + 1, j], x[n + 2, j], x[n + 3, j]
+            a0 += p * x0
+            a1 += p * x1
+            a2 += p * x2
+            a3 += p * x3
+            b0 += q * x0
+            b1 += q * x1
+            b2 += q * x2
+            b3 += q * x3
         y[n, i], y[n + 1, i], y[n + 2, i], y[n + 3, i] = a0, a1, a2, a3
+        if pair:  # else w1 is a stand-in (an odd row count) and column i + 1 is not ours
+            y[n, i + 1], y[n + 1, i + 1], y[n + 2, i + 1], y[n + 3, i + 1] = b0, b1, b2, b3
         n += 4
     while n < x.shape[0]:
-        acc = np.float32(0.0)
-        for j in range(w.shape[0]):
-            acc += w[j] * x[n, j]
-        y[n, i] = acc
+        a0 = b0 = np.float32(0.0)
+        for j in range(w0.shape[0]):
+            a0 += w0[j] * x[n, j]
+            b0 += w1[j] * x[n, j]
+        y[n, i] = a0
+        if pair:
+            y[n, i + 1] = b0
         n += 1
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _matmat_float(W, x, y):  # W (out, in) float, x (N, in), y (N, out)
-    for i in prange(W.shape[0]):
-        _dot_rows(W[i], x, y, i)
-
-
-@njit(inline="always")
-def _widen_row(W, kind, i, row_scale, buf):  # W (out, in) packed, buf (in,) float: buf = W[i]
-    if kind == _F16:
-        for j in range(W.shape[1]):
-            buf[j] = _f16_to_f32(W[i, j])
-    elif kind == _BF16:
-        for j in range(W.shape[1]):
-            buf[j] = _bf16_to_f32(W[i, j])
-    else:  # int8, row scale folded in
-        s = row_scale[i]
-        for j in range(W.shape[1]):
-            buf[j] = np.float32(W[i, j]) * s
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _matmat_packed(W, kind, row_scale, x, y, n_blocks):  # W (out, in) uint16/int8, x (N, in), y (N, out)
-    out, n_in = W.shape
-    n_blocks = min(out, n_blocks)
-    for b in prange(n_blocks):
-        buf = np.empty(n_in, np.float32)  # one widened weight row, private to this block
-        for i in range(b * out // n_blocks, (b + 1) * out // n_blocks):
-            _widen_row(W, kind, i, row_scale, buf)
-            _dot_rows(buf, x, y, i)
+@njit(parallel=True, cache=True)
+def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of rows over the cores
+    out = W[0].shape[0]
+    nb = min(out, blocks)
+    for b in prange(nb):
+        buf = np.empty((2, W[0].shape[1]), np.float32)
+        project(W, x, y, b * out // nb, (b + 1) * out // nb, buf)
 
 
 # ---------------------------------------------------------------- prefill: N > SMALL_N, BLAS
 
-@njit(cache=True)
-def _widen_rows(W, kind, row_scale, r0, buf):  # buf (R, in) float = W[r0:r0+R] as floats
-    for r in range(buf.shape[0]):
-        _widen_row(W, kind, r0 + r, row_scale, buf[r])
+def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_scale) -> (r1-r0, in)
+    """Rows r0:r1 of a stored weight as the float32 (or float64) matrix they stand for."""
+    A, kind, scale = W
+    if kind == _FLOAT:
+        return A[r0:r1]
+    if kind == _F16:
+        return A[r0:r1].view(np.float16).astype(np.float32)
+    if kind == _BF16:
+        return (A[r0:r1].astype(np.uint32) << 16).view(np.float32)
+    return A[r0:r1].astype(np.float32) * scale[r0:r1, None]
 
 
-def _gemm_packed(x, W, kind, row_scale):  # x (N, in), W (out, in) packed -> (N, out)
+def _gemm_packed(x, W):  # x (N, in), W (array, kind, row_scale) packed -> (N, out)
     """BLAS on float32 copies of W made a block of rows at a time (no full float32 copy)."""
-    out, n_in = W.shape
+    out, n_in = W[0].shape
     rows = max(1, _BLOCK_BYTES // (4 * n_in))
-    buf = np.empty((min(rows, out), n_in), x.dtype)
     y = np.empty((x.shape[0], out), x.dtype)
     for r0 in range(0, out, rows):
-        block = buf[:min(rows, out - r0)]
-        _widen_rows(W, kind, row_scale, r0, block)
-        y[:, r0:r0 + len(block)] = x @ block.T
+        r1 = min(out, r0 + rows)
+        y[:, r0:r1] = x @ rows_as_float(W, r0, r1).T
     return y
 
 
 # ---------------------------------------------------------------- the entry points
 
-def _packed(W):  # stored weight -> (packed array, kind, row_scale, col_scale), or None for floats
-    if isinstance(W, np.ndarray):
+def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
+    """The tuple form of a stored weight that the kernels take, and its column scales."""
+    if isinstance(W, np.ndarray) and W.dtype.kind == "f":
         if W.dtype == np.float16:
-            return W.view(np.uint16), _F16, _NO_SCALE, None
-        if W.dtype.kind == "f":
-            return None
-    elif isinstance(W, Bf16Weight):
-        return W.bits, _BF16, _NO_SCALE, None
-    elif isinstance(W, Int8Weight):
-        return W.q, _I8, W.row_scale, W.col_scale
+            return (W.view(np.uint16), _F16, _NO_SCALE), None
+        return (np.ascontiguousarray(W), _FLOAT, _NO_SCALE), None
+    if isinstance(W, Bf16Weight):
+        return (W.bits, _BF16, _NO_SCALE), None
+    if isinstance(W, Int8Weight):
+        return (W.q, _I8, W.row_scale), W.col_scale
     raise InputError(f"linear: unsupported weight {type(W).__name__} "
                      f"{getattr(W, 'dtype', '')}; use prepare_weight")
-
-
-_NO_SCALE = np.ones(0, np.float32)
 
 
 def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> (N, out)
@@ -290,34 +322,18 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
         raise InputError(f"linear: x of shape {x.shape} does not fit a weight of shape {W.shape}")
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)
-    x = np.ascontiguousarray(x)
-    N = x.shape[0]
-    packed = _packed(W)
-    if packed is None:  # float32 / float64 ndarray
-        W = np.ascontiguousarray(W)
-        if N > SMALL_N:
-            return (x @ W.T).astype(x.dtype, copy=False)
-        y = np.empty((N, W.shape[0]), x.dtype)
-        if N == 1:
-            _matvec_float(W, x[0], y[0])
-        elif N > 0:
-            _matmat_float(W, x, y)
-        return y
-    P, kind, row_scale, col_scale = packed
+    Wt, col_scale = packed(W)
     if col_scale is not None:
         x = x * col_scale.astype(x.dtype, copy=False)
+    x = np.ascontiguousarray(x)
+    N = x.shape[0]
     if N > SMALL_N:
-        return _gemm_packed(x, P, kind, row_scale)
-    y = np.empty((N, P.shape[0]), x.dtype)
-    if N == 1:
-        if kind == _F16:
-            _matvec_f16(P, x[0], y[0])
-        elif kind == _BF16:
-            _matvec_bf16(P, x[0], y[0])
-        else:
-            _matvec_i8(P, row_scale, x[0], y[0])
-    elif N > 0:
-        _matmat_packed(P, kind, row_scale, x, y, 16 * numba.get_num_threads())
+        if Wt[1] == _FLOAT:
+            return (x @ Wt[0].T).astype(x.dtype, copy=False)
+        return _gemm_packed(x, Wt)
+    y = np.empty((N, W.shape[0]), x.dtype)
+    if N > 0:
+        _project_all(Wt, x, y, 16 * numba.get_num_threads())
     return y
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import RwkvConfig
+from .decode import decode, layer_args
 from .errors import InputError
-from .linear import STORAGES, Bf16Weight, embedding_rows, linear, prepare_weight
+from .linear import SMALL_N, STORAGES, Bf16Weight, embedding_rows, linear, prepare_weight
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
 from .weights import as_float, check_finite, check_state_dict, is_bf16, load_state_dict
 from .wkv import wkv_forward
@@ -176,6 +177,9 @@ class RwkvModel:
                        as_float(tensors["rwkv.blocks.0.pre_ln.bias"], d))   # (H,), (H,)
         self.blocks = [Block.from_state_dict(tensors, i, config, d, store) for i in range(config.num_hidden_layers)]
         self.ln_out = (as_float(tensors["rwkv.ln_out.weight"], d), as_float(tensors["rwkv.ln_out.bias"], d))
+        # Token mode (decode.py): one compiled call per layer for single-token float32 steps.
+        layers = [layer_args(blk) for blk in self.blocks] if d == np.float32 else [None]
+        self.token_layers = None if None in layers else layers
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
@@ -224,7 +228,11 @@ class RwkvModel:
         eps = self.config.layer_norm_epsilon
         x = layer_norm(x, *self.pre_ln, eps)
         hidden, attentions, ffns = [], [], []
-        for i, blk in enumerate(self.blocks):
+        token_mode = (self.token_layers and x.shape[1] == 1 and B <= SMALL_N
+                      and not output_hidden_states and not output_attentions)
+        if token_mode:
+            x = decode(self.token_layers, x[:, 0], state, eps)[:, None]
+        for i, blk in enumerate([] if token_mode else self.blocks):
             x, att, ffn = run_block(blk, i, x, state, eps)
             if output_hidden_states:
                 hidden.append(x)

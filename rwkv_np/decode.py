@@ -1,0 +1,179 @@
+"""Token mode: one step (T = 1) of B sequences through every layer, one Numba call per layer.
+
+A decoded token reads every weight once, so its speed is memory bandwidth -- provided nothing
+else costs. `model.run_block` spends some forty NumPy calls per layer on vectors of a few
+hundred numbers, about 1 ms a layer: a third of a 169M token. Here one compiled function runs a
+whole layer in four parallel phases, each job finishing the elementwise work of its rows
+
+    1. k, v, r  = mix_k/v/r(ln1(x)) @ W_key/value/receptance.T        (3 matrices, one loop)
+    2. att      = (sigmoid(r) * wkv(k, v)) @ W_output.T
+    3. key, r'  = mix_k/r(ln2(x)) @ W_ffn_key/receptance.T             (2 matrices, one loop)
+    4. ffn      = sigmoid(r') * (relu(key)^2 @ W_ffn_value.T)
+
+with x += att, x += ffn between them: the equations of reference.py, the WKV step of wkv.py for
+one token. The matrix work is linear.project (fastmath, vectorized); the rest is compiled
+without fastmath, because the WKV step relies on exp(-1e38 - q) being exactly 0.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .linear import packed, project
+from .state import ATT_X, DEN, FFN_X, MAX, NUM
+
+ROWS_PER_JOB = 16  # weight rows per parallel work item: enough to amortize, small to balance
+
+
+@njit(inline="always")
+def _layer_norm(x, weight, bias, eps, out):  # x (B, H) -> out (B, H), statistics in float64
+    B, H = x.shape
+    for b in range(B):
+        mean = 0.0
+        for j in range(H):
+            mean += x[b, j]
+        mean /= H
+        var = 0.0
+        for j in range(H):
+            var += (x[b, j] - mean) ** 2
+        inv = 1.0 / np.sqrt(var / H + eps)
+        for j in range(H):
+            out[b, j] = (x[b, j] - mean) * inv * weight[j] + bias[j]
+
+
+@njit(inline="always")
+def _mix(x, last, mix, out):  # x, last (B, H), mix (H,) -> out = x * mix + last * (1 - mix)
+    for b in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[b, j] = last[b, j] + (x[b, j] - last[b, j]) * mix[j]
+
+
+@njit(inline="always")
+def _jobs(rows):  # number of ROWS_PER_JOB blocks of a matrix with `rows` rows
+    return (rows + ROWS_PER_JOB - 1) // ROWS_PER_JOB
+
+
+@njit(inline="always")
+def _rows(job, rows):  # the rows of block `job`
+    return job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, rows)
+
+
+@njit(parallel=True, cache=True)
+def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
+    """One layer for B tokens. x (B, H) float32, updated in place; state: the five (B, ., L)
+    arrays of state.py, column l updated in place; vec: the layer's vectors (see `layer_args`);
+    att_w: (key, value, receptance, output) and ffn_w: (key, receptance, value) weight tuples.
+    Each parallel job owns a block of rows of one phase and finishes the elementwise work on
+    them, so the only serial code is the two layer norms."""
+    ln1_w, ln1_b, mix_k, mix_v, mix_r, decay, first, ln2_w, ln2_b, fmix_k, fmix_r = vec
+    Wk, Wv, Wr, Wo = att_w
+    Fk, Fr, Fv = ffn_w
+    B, H = x.shape
+    A, I = Wk[0].shape[0], Fk[0].shape[0]
+    f32 = np.float32
+    num, den, pmax = state[NUM], state[DEN], state[MAX]
+
+    # Time mixing. xa = ln1(x); k, v, r from xa mixed with the previous token's xa.
+    xa = np.empty((B, H), f32)
+    _layer_norm(x, ln1_w, ln1_b, eps, xa)
+    last = np.ascontiguousarray(state[ATT_X][:, :, l])
+    xk, xv, xr = np.empty((B, H), f32), np.empty((B, H), f32), np.empty((B, H), f32)
+    _mix(xa, last, mix_k, xk)
+    _mix(xa, last, mix_v, xv)
+    _mix(xa, last, mix_r, xr)
+    state[ATT_X][:, :, l] = xa
+    k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
+    rw = np.empty((B, A), f32)
+    for job in prange(_jobs(A)):  # channels c0:c1 of k, v, r, then their WKV step
+        c0, c1 = _rows(job, A)
+        buf = np.empty((2, H), f32)
+        project(Wk, xk, k, c0, c1, buf)
+        project(Wv, xv, v, c0, c1, buf)
+        project(Wr, xr, r, c0, c1, buf)
+        # WKV (wkv.py) for one token: q = max(p, u + k); wkv = (e^(p-q) a + e^(u+k-q) v) /
+        # (e^(p-q) b + e^(u+k-q)); then the state a, b, p moves on by decay w and this token.
+        for b in range(B):
+            for c in range(c0, c1):
+                kt, vt = k[b, c], v[b, c]
+                aa, bb, pp = num[b, c, l], den[b, c, l], pmax[b, c, l]
+                uk = first[c] + kt
+                q = max(pp, uk)
+                e1, e2 = np.exp(pp - q), np.exp(uk - q)
+                wkv = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+                rw[b, c] = wkv / (1 + np.exp(-r[b, c]))
+                pw = pp + decay[c]
+                q = max(pw, kt)
+                e1, e2 = np.exp(pw - q), np.exp(kt - q)
+                num[b, c, l] = e1 * aa + e2 * vt
+                den[b, c, l] = e1 * bb + e2
+                pmax[b, c, l] = q
+
+    att = np.empty((B, H), f32)
+    for job in prange(_jobs(H)):  # x += (r * wkv) @ W_output.T, rows j0:j1
+        j0, j1 = _rows(job, H)
+        project(Wo, rw, att, j0, j1, np.empty((2, A), f32))
+        for b in range(B):
+            for j in range(j0, j1):
+                x[b, j] += att[b, j] * scale
+
+    # Channel mixing. xf = ln2(x); key = relu(mix_k(xf) @ W_key.T)^2, gate = sigmoid(...).
+    xf = np.empty((B, H), f32)
+    _layer_norm(x, ln2_w, ln2_b, eps, xf)
+    last = np.ascontiguousarray(state[FFN_X][:, :, l])
+    fk, fr = np.empty((B, H), f32), np.empty((B, H), f32)
+    _mix(xf, last, fmix_k, fk)
+    _mix(xf, last, fmix_r, fr)
+    state[FFN_X][:, :, l] = xf
+    key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
+    n = _jobs(I)
+    for job in prange(n + _jobs(H)):
+        buf = np.empty((2, H), f32)
+        if job < n:
+            j0, j1 = _rows(job, I)
+            project(Fk, fk, key, j0, j1, buf)
+            for b in range(B):
+                for j in range(j0, j1):
+                    key[b, j] = max(key[b, j], f32(0.0)) ** 2
+        else:
+            j0, j1 = _rows(job - n, H)
+            project(Fr, fr, gate, j0, j1, buf)
+            for b in range(B):
+                for j in range(j0, j1):
+                    gate[b, j] = 1 / (1 + np.exp(-gate[b, j]))
+
+    ffn = np.empty((B, H), f32)
+    for job in prange(_jobs(H)):  # x += gate * (key @ W_value.T), rows j0:j1
+        j0, j1 = _rows(job, H)
+        project(Fv, key, ffn, j0, j1, np.empty((2, I), f32))
+        for b in range(B):
+            for j in range(j0, j1):
+                x[b, j] += ffn[b, j] * gate[b, j] * scale
+                if halve:
+                    x[b, j] /= 2
+
+
+def layer_args(blk):
+    """The arguments `_layer` takes for a model.Block, or None when a weight has column scales
+    (int8 with col_scales=True), which only model.run_block handles."""
+    att, ffn = [], []
+    for W, group in ((blk.att_key, att), (blk.att_value, att), (blk.att_receptance, att),
+                     (blk.att_output, att), (blk.ffn_key, ffn), (blk.ffn_receptance, ffn),
+                     (blk.ffn_value, ffn)):
+        Wt, col_scale = packed(W)
+        if col_scale is not None:
+            return None
+        group.append(Wt)
+    vec = tuple(np.ascontiguousarray(a, np.float32) for a in (
+        blk.ln1_weight, blk.ln1_bias, blk.att_mix_k, blk.att_mix_v, blk.att_mix_r,
+        blk.time_decay, blk.time_first, blk.ln2_weight, blk.ln2_bias, blk.ffn_mix_k, blk.ffn_mix_r))
+    return vec, tuple(att), tuple(ffn), np.float32(blk.scale), blk.halve
+
+
+def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 arrays -> x (B, H)
+    """Run x through every layer (`layers`: layer_args of each block), updating state in place."""
+    x = np.ascontiguousarray(x, np.float32)
+    state = tuple(state)
+    for l, (vec, att, ffn, scale, halve) in enumerate(layers):
+        _layer(x, state, l, vec, att, ffn, scale, halve, np.float32(eps))
+    return x
