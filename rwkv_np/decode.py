@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from .linear import packed, project
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
+from .wkv import _scales
 
 ROWS_PER_JOB = 16  # weight rows per parallel work item: enough to amortize, small to balance
 
@@ -87,7 +88,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     rw = np.empty((B, A), f32)
     for job in prange(_jobs(A)):  # channels c0:c1 of k, v, r, then their WKV step
         c0, c1 = _rows(job, A)
-        buf = np.empty((2, H), f32)
+        buf = np.empty(H, f32)
         project(Wk, xk, k, c0, c1, buf)
         project(Wv, xv, v, c0, c1, buf)
         project(Wr, xr, r, c0, c1, buf)
@@ -97,22 +98,19 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
             for c in range(c0, c1):
                 kt, vt = k[b, c], v[b, c]
                 aa, bb, pp = num[b, c, l], den[b, c, l], pmax[b, c, l]
-                uk = first[c] + kt
-                q = max(pp, uk)
-                e1, e2 = np.exp(pp - q), np.exp(uk - q)
+                e1, e2 = _scales(pp, first[c] + kt)
                 wkv = (e1 * aa + e2 * vt) / (e1 * bb + e2)
                 rw[b, c] = wkv / (1 + np.exp(-r[b, c]))
                 pw = pp + decay[c]
-                q = max(pw, kt)
-                e1, e2 = np.exp(pw - q), np.exp(kt - q)
+                e1, e2 = _scales(pw, kt)
                 num[b, c, l] = e1 * aa + e2 * vt
                 den[b, c, l] = e1 * bb + e2
-                pmax[b, c, l] = q
+                pmax[b, c, l] = max(pw, kt)
 
     att = np.empty((B, H), f32)
     for job in prange(_jobs(H)):  # x += (r * wkv) @ W_output.T, rows j0:j1
         j0, j1 = _rows(job, H)
-        project(Wo, rw, att, j0, j1, np.empty((2, A), f32))
+        project(Wo, rw, att, j0, j1, np.empty(A, f32))
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += att[b, j] * scale
@@ -128,7 +126,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
     n = _jobs(I)
     for job in prange(n + _jobs(H)):
-        buf = np.empty((2, H), f32)
+        buf = np.empty(H, f32)
         if job < n:
             j0, j1 = _rows(job, I)
             project(Fk, fk, key, j0, j1, buf)
@@ -145,7 +143,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     ffn = np.empty((B, H), f32)
     for job in prange(_jobs(H)):  # x += gate * (key @ W_value.T), rows j0:j1
         j0, j1 = _rows(job, H)
-        project(Fv, key, ffn, j0, j1, np.empty((2, I), f32))
+        project(Fv, key, ffn, j0, j1, np.empty(I, f32))
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += ffn[b, j] * gate[b, j] * scale

@@ -104,6 +104,15 @@ def wkv_parallel(w, u, k, v, state=None, chunk: int = 64):
     return out, (a, b, p)
 
 
+@numba.njit(inline="always")
+def _scales(x, y):  # -> (e^(x-q), e^(y-q)) with q = max(x, y): one of the two is e^0 = 1
+    """The two factors of a log-space step, with one exp instead of two (bit-identical)."""
+    one = np.float32(1.0)  # unifies with float32 or float64 exps: no change of precision
+    if x >= y:
+        return one, np.exp(y - x)
+    return np.exp(x - y), one
+
+
 _BLOCK = 64  # channels per parallel work item: contiguous, so the inner loop vectorizes
 
 
@@ -121,18 +130,13 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
                 aa = a[bi, c]
                 bb = b[bi, c]
                 pp = p[bi, c]
-                uk = u[c] + kt
-                q = max(pp, uk)
-                e1 = np.exp(pp - q)
-                e2 = np.exp(uk - q)
+                e1, e2 = _scales(pp, u[c] + kt)
                 out[bi, t, c] = (e1 * aa + e2 * vt) / (e1 * bb + e2)
                 pw = pp + w[c]
-                q = max(pw, kt)
-                e1 = np.exp(pw - q)
-                e2 = np.exp(kt - q)
+                e1, e2 = _scales(pw, kt)
                 a[bi, c] = e1 * aa + e2 * vt
                 b[bi, c] = e1 * bb + e2
-                p[bi, c] = q
+                p[bi, c] = max(pw, kt)
 
 
 # Two compilations of the same loop: threads pay off only when there is enough work per call
