@@ -91,15 +91,21 @@ class Block:
 def storage_of(dtype, weights: str | None):
     """The function that puts a matrix (out, in) into memory for `linear`.
 
-    weights=None keeps each matrix as it is on disk, widened to the compute dtype (float32 files
-    stay memory-mapped); "float32", "float16", "bfloat16" or "int8" stores every matrix that way
-    (16-bit and int8 are widened inside linear's kernels: half / a quarter of the bytes per token)."""
+    weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16
+    or bfloat16 (a float64 model widens 16-bit matrices to float64); "float32", "float16",
+    "bfloat16" or "int8" stores every matrix that way (16-bit and int8 are widened inside
+    linear's kernels: half / a quarter of the bytes per token)."""
     if weights is not None and weights not in STORAGES:
         raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
 
     def store(x):
+        if weights is None and dtype == np.float32 and (x.dtype == np.float16 or is_bf16(x)):
+            return store_as(x, "float16" if x.dtype == np.float16 else "bfloat16")
         if weights is None or weights == dtype.name:
             return as_float(x, dtype)
+        return store_as(x, weights)
+
+    def store_as(x, weights):
         if weights == "float16" and x.dtype == np.float16:
             return x                                       # already 16-bit on disk: no copy
         if weights == "bfloat16" and is_bf16(x):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rwkv_np import RwkvConfig, RwkvForCausalLM, RwkvModel, reference
+from rwkv_np.linear import dequantize
 from rwkv_np.weights import load_state_dict
 
 CONFIG = RwkvConfig(vocab_size=61, hidden_size=16, num_hidden_layers=7, intermediate_size=37)
@@ -135,11 +136,15 @@ def test_16bit_files_load_as_their_rounded_values(tmp_path, dtype):
     sd = load_state_dict(tmp_path)
     model = RwkvForCausalLM.from_pretrained(tmp_path)
     x = WEIGHTS["head.weight"]
-    y = model.head
+    y = dequantize(model.head)
     # Both formats round to nearest: float16 keeps 11 significant bits, bfloat16 8.
     bits = 11 if dtype == "float16" else 8
     assert np.all(np.abs(y - x) <= np.abs(x) * 2.0 ** -bits + 2.0 ** -24)
     assert sd["head.weight"].dtype.itemsize == 2
+    # Kept 16-bit in memory (weights=None: as on disk), for the matrices and the embeddings.
+    for stored, name in ((model.head, "head.weight"), (model.rwkv.embeddings, "rwkv.embeddings.weight"),
+                         (model.rwkv.blocks[0].ffn_key, "rwkv.blocks.0.feed_forward.key.weight")):
+        assert stored.nbytes == WEIGHTS[name].size * 2
 
 
 @pytest.mark.parametrize("weights, tol", [("float16", 3e-3), ("bfloat16", 3e-2), ("int8", 8e-2)])
