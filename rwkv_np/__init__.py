@@ -6,6 +6,7 @@ import os as _os
 from .config import RwkvConfig
 from .errors import ConfigError, InputError, ModelFileError, RwkvError
 from .generation import GenerateOutput, TextStream, generate
+from .linear import set_threads
 from .model import RwkvCausalLMOutput, RwkvForCausalLM, RwkvModel, RwkvOutput
 from .state_file import load_state, save_state
 from .tokenizer import ByteTokenizer, StreamDecoder, Tokenizer

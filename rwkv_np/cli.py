@@ -47,6 +47,10 @@ def model_options() -> argparse.ArgumentParser:
                         " tokenizer.json (none for byte models); the default is the demo model in"
                         " rwkv_np/assets/")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
+    p.add_argument("--weights", choices=["float32", "float16", "bfloat16", "int8"], default=None,
+                   help="how matrices are kept in memory (default: as in the file); 16-bit and int8"
+                        " read half / a quarter of the bytes per token")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="threads to use (default: all cores)")
     return p
 
 
@@ -90,6 +94,7 @@ def unescape(text: str) -> str:
 
 def load(args):
     """(model, tokenizer) of --model."""
+    from .linear import set_threads
     from .model import RwkvForCausalLM
     from .tokenizer import Tokenizer
 
@@ -97,7 +102,10 @@ def load(args):
         raise InputError("--model: no model directory given, and no demo model in rwkv_np/assets/")
     if not os.path.isdir(args.model):
         raise InputError(f"--model: {args.model} is not a directory")
-    model = RwkvForCausalLM.from_pretrained(args.model, dtype=args.dtype)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads: expected a number of threads >= 1, got {args.threads}")
+    set_threads(args.threads)
+    model = RwkvForCausalLM.from_pretrained(args.model, dtype=args.dtype, weights=args.weights)
     return model, Tokenizer.from_pretrained(args.model, vocab_size=model.config.vocab_size)
 
 

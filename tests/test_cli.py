@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from conftest import REPO, random_state_dict
 from rwkv_np import RwkvConfig, RwkvForCausalLM
 from rwkv_np.cli import build_parser, main
 from rwkv_np.generation import TextStream, generate
+from rwkv_np.linear import Int8Weight, set_threads
 from rwkv_np.tokenizer import ByteTokenizer
 from rwkv_np.weights import save_pretrained
 
@@ -105,6 +107,23 @@ def test_info_counts_parameters(byte_model, capsys):
     per_layer = 4 * H + 2 * A + 3 * H + 3 * A * H + H * A + 2 * H + I * H + H * H + H * I
     assert f"{2 * V * H + 2 * H + L * per_layer + 2 * H:,}" in out
     assert "float32" in out and "bytes (vocab 256)" in out
+
+
+def test_threads_and_weights_options(byte_model, capsys):
+    """--weights int8 --threads 1 generates what the API does with weights="int8"."""
+    try:
+        assert main(["generate", "Hi", "--model", byte_model, "--max-new-tokens", "8", "--temperature", "0",
+                     "--weights", "int8", "--threads", "1"]) == 0
+        assert numba.get_num_threads() == 1
+    finally:
+        set_threads()
+    model = RwkvForCausalLM.from_pretrained(byte_model, weights="int8")
+    assert isinstance(model.head, Int8Weight)
+    stream = TextStream(model, ByteTokenizer(), "Hi", max_new_tokens=8, do_sample=False)
+    assert capsys.readouterr().out == "".join(stream) + "\n"
+    assert main(["generate", "Hi", "--model", byte_model, "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and err.count("\n") == 1
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path):
