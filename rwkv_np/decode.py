@@ -60,7 +60,7 @@ def _rows(job, rows):  # the rows of block `job`
     return job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, rows)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")  # no zero checks on divisions (see wkv.py)
 def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     """One layer for B tokens. x (B, H) float32, updated in place; state: the five (B, ., L)
     arrays of state.py, column l updated in place; vec: the layer's vectors (see `layer_args`);

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core.extending import overload
+
+from .linear import _bits_to_f32
 
 EMPTY_MAX = -1e38  # p of an empty state: e^p is exactly 0 in float32 and float64
 
@@ -105,12 +108,44 @@ def wkv_parallel(w, u, k, v, state=None, chunk: int = 64):
 
 
 @numba.njit(inline="always")
+def _exp32(x):  # float32 e^x for x <= 0: < 1 ulp, exactly 0 below -87.34 (e^(-1e38) = 0)
+    """A polynomial exp that LLVM can vectorize, unlike a call to the C library's expf.
+
+    x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two parts so that n ln2 is exact), then
+    e^r by the degree-7 Taylor-like polynomial of Cephes' expf, times 2^n built in the exponent
+    bits. Results below float32's normal range (x < ln 2^-126) are flushed to 0."""
+    f32 = np.float32
+    z = max(x, f32(-87.336544))
+    n = np.floor(z * f32(1.44269504) + f32(0.5))
+    r = z - n * f32(0.693359375) + n * f32(2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    p = p * r + f32(1.3981999507e-3)
+    p = p * r + f32(8.3334519073e-3)
+    p = p * r + f32(4.1665795894e-2)
+    p = p * r + f32(1.6666665459e-1)
+    p = p * r + f32(5.0000001201e-1)
+    e = (p * r * r + r + f32(1.0)) * _bits_to_f32(np.uint32((np.int32(n) + 127) << 23))
+    return f32(0.0) if x < f32(-87.336544) else e  # NaN stays NaN
+
+
+def _exp_nonpositive(x):  # e^x for x <= 0 in x's precision
+    pass
+
+
+@overload(_exp_nonpositive)
+def _exp_nonpositive_impl(x):
+    if x == numba.types.float32:
+        return lambda x: _exp32(x)
+    return lambda x: np.exp(x)  # float64: the C library's exp, for the golden-output precision
+
+
+@numba.njit(inline="always")
 def _scales(x, y):  # -> (e^(x-q), e^(y-q)) with q = max(x, y): one of the two is e^0 = 1
-    """The two factors of a log-space step, with one exp instead of two (bit-identical)."""
+    """The two factors of a log-space step: one exp instead of two, and no branch (a select),
+    so a loop over channels vectorizes."""
     one = np.float32(1.0)  # unifies with float32 or float64 exps: no change of precision
-    if x >= y:
-        return one, np.exp(y - x)
-    return np.exp(x - y), one
+    e = _exp_nonpositive(-abs(x - y))
+    return (one, e) if x >= y else (e, one)
 
 
 _BLOCK = 64  # channels per parallel work item: contiguous, so the inner loop vectorizes
@@ -123,27 +158,30 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
         bi = job // nblocks
         c0 = (job % nblocks) * _BLOCK
         c1 = min(c0 + _BLOCK, C)
+        # The block's state in private copies and each step's rows as 1-D views: LLVM can then
+        # tell the arrays apart and vectorizes the loop over channels (exp included: _exp32).
+        aa, bb, pp = a[bi, c0:c1].copy(), b[bi, c0:c1].copy(), p[bi, c0:c1].copy()
+        uu, ww = u[c0:c1], w[c0:c1]
         for t in range(T):
-            for c in range(c0, c1):
-                kt = k[bi, t, c]
-                vt = v[bi, t, c]
-                aa = a[bi, c]
-                bb = b[bi, c]
-                pp = p[bi, c]
-                e1, e2 = _scales(pp, u[c] + kt)
-                out[bi, t, c] = (e1 * aa + e2 * vt) / (e1 * bb + e2)
-                pw = pp + w[c]
-                e1, e2 = _scales(pw, kt)
-                a[bi, c] = e1 * aa + e2 * vt
-                b[bi, c] = e1 * bb + e2
-                p[bi, c] = max(pw, kt)
+            kt, vt, ot = k[bi, t, c0:c1], v[bi, t, c0:c1], out[bi, t, c0:c1]
+            for c in range(c1 - c0):
+                e1, e2 = _scales(pp[c], uu[c] + kt[c])
+                ot[c] = (e1 * aa[c] + e2 * vt[c]) / (e1 * bb[c] + e2)
+                pw = pp[c] + ww[c]
+                e1, e2 = _scales(pw, kt[c])
+                aa[c] = e1 * aa[c] + e2 * vt[c]
+                bb[c] = e1 * bb[c] + e2
+                pp[c] = max(pw, kt[c])
+        a[bi, c0:c1], b[bi, c0:c1], p[bi, c0:c1] = aa, bb, pp
 
 
 # Two compilations of the same loop: threads pay off only when there is enough work per call
 # (a prompt); a decode step's few hundred channels run faster on one core, and on a loaded
 # machine waking idle threads for them costs milliseconds.
-_wkv_threads = numba.njit(parallel=True, cache=True)(_wkv_kernel)
-_wkv_serial = numba.njit(cache=True)(_wkv_kernel)
+# error_model="numpy": a float division needs no zero check (Python's rules would raise), which
+# lets the loop over channels vectorize; the denominators here are >= 1 anyway.
+_wkv_threads = numba.njit(parallel=True, cache=True, error_model="numpy")(_wkv_kernel)
+_wkv_serial = numba.njit(cache=True, error_model="numpy")(_wkv_kernel)
 PARALLEL_MIN_WORK = 1 << 16  # B * T * C steps
 
 
