@@ -6,8 +6,9 @@
     python tools/bench.py model --model DIR --peers     # an HF model dir, with HF transformers
                                                         # and BlinkDL's rwkv on the same weights
 
-Machines here are shared, so absolute times drift: peers run in the same process, alternating
-with rwkv_np round by round, and the best round of each is kept; read the ratios. Results are
+Machines here are shared, so absolute times drift: the engines take turns, round by round, each
+turn in a fresh process (no engine's idle thread pool competes with the next one), and the best
+round of each is kept; read the ratios. Results are
 printed as a table and written as JSON (--json). Random models are built directly in NumPy.
 torch / transformers / rwkv are imported only for --peers.
 """
@@ -140,7 +141,7 @@ class Ours:
         self.model = RwkvForCausalLM.from_pretrained(directory, dtype=dtype, weights=storage)
         mats = [getattr(b, f) for b in self.model.rwkv.blocks for f in MATRICES] + [self.model.head]
         self.weight_bytes = sum(m.nbytes for m in mats)
-        self.matrix_params = sum(m.shape[0] * m.shape[1] for m in mats)
+        self.layer_params = sum(m.shape[0] * m.shape[1] for m in mats[:-1])
 
     def prefill(self, ids):  # ids (T,) -> None
         # As generation prefills: the head only where the next token is read (BlinkDL's forward
@@ -222,8 +223,9 @@ def write_pth(directory) -> str:
 ENGINES = {"ours": Ours, "hf": HF, "blinkdl": BlinkDL}
 
 
-def probe(args) -> None:
-    """In a fresh process: load time and peak RSS of one engine doing a little work."""
+def engine_round(args) -> None:
+    """One round of one engine, in a fresh process (so that no engine's thread pool, e.g.
+    torch's OpenMP threads still spinning, slows down the next): load, warm up, time; JSON out."""
     set_threads(args.threads)
     if args.engine != "ours":  # library imports are not load time
         import torch
@@ -232,13 +234,32 @@ def probe(args) -> None:
         os.environ.setdefault("RWKV_JIT_ON", "1")
         os.environ["RWKV_CUDA_ON"] = "0"
         import rwkv.model  # noqa: F401
+    before = peak_rss_mb()
     t = time.perf_counter()
     engine = ENGINES[args.engine](args.dir, args.storage[0])
-    load = time.perf_counter() - t
-    ids = np.arange(64) % 50000
-    engine.prefill(ids)
-    engine.decode(ids[:4], 1, 4)
-    print(json.dumps({"load_s": load, "peak_rss_MB": peak_rss_mb()}))
+    res = {"name": engine.name, "load_s": time.perf_counter() - t}
+    ids = np.random.default_rng(0).integers(0, 50000, max(args.prefill, default=4))
+    batches = (1, 8) if args.engine == "ours" else (1,)  # HF's B > 1 decode is broken
+    engine.decode(ids[:4], 1, 1)  # touches every weight once
+    file_mb = sum(os.path.getsize(os.path.join(args.dir, f)) for f in os.listdir(args.dir)
+                  if f.endswith(".safetensors")) / 2**20
+    # Peak RSS above what the process held before loading (interpreter, numpy, numba, torch),
+    # after one token, as a multiple of the weights file: 1 = the file mapped once, no copies.
+    res["load_rss_vs_file"] = (peak_rss_mb() - before) / file_mb
+    for T in args.prefill:  # warm-up: JIT compilation
+        engine.prefill(ids[:T])
+    for B in batches:
+        engine.decode(ids[:4], B, 1)
+    for T in args.prefill:
+        t = time.perf_counter()
+        engine.prefill(ids[:T])
+        res[f"prefill_tok_s_T{T}"] = T / (time.perf_counter() - t)
+    for B in batches:  # seconds of the single-token steps, not of the prompt
+        res[f"decode_ms_B{B}"] = engine.decode(ids[:4], B, args.steps) / args.steps * 1e3
+    res["peak_rss_MB"] = peak_rss_mb()  # after the longest prompt too
+    if args.engine == "ours":
+        res["weight_bytes"], res["layer_params"] = engine.weight_bytes, engine.layer_params
+    print(json.dumps(res))
 
 
 def peak_rss_mb() -> float:
@@ -251,58 +272,37 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_probe(engine, directory, storage, threads) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "_probe", "--engine", engine, "--dir",
-           directory, "--storage", storage, "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 # ---------------------------------------------------------------- the model benchmark
 
 def bench_models(args, directory) -> dict:
-    """Alternate engines round by round; keep each engine's best round per measurement."""
-    engines = [Ours(directory, s) for s in args.storage]
+    """Rounds; in each, every engine once, each in its own process; keep each engine's best."""
+    engines = [("ours", s) for s in args.storage] + ([("hf", "float32"), ("blinkdl", "float32")]
+                                                    if args.peers else [])
     if args.peers:
-        engines += [HF(directory), BlinkDL(directory)]
-    ids = np.random.default_rng(0).integers(0, 50000, max(args.prefill, default=4))
-    res = {e.name: {} for e in engines}
-
-    def keep(e, key, value):
-        res[e.name][key] = min(res[e.name].get(key, np.inf), value)
-
-    for e in engines:  # warm up: JIT compilation, first-touch of the weights
-        for T in args.prefill:
-            e.prefill(ids[:T])
-        e.decode(ids[:4], 1, 1)
-        if isinstance(e, Ours):
-            e.decode(ids[:4], 8, 1)
+        write_pth(directory)  # once, outside the timed processes
+    res = {}
     for r in range(args.rounds):
-        for e in engines:
-            for T in args.prefill:
-                t = time.perf_counter()
-                e.prefill(ids[:T])
-                keep(e, f"prefill_s_T{T}", time.perf_counter() - t)
-            for B in ((1, 8) if isinstance(e, Ours) else (1,)):
-                steps = e.decode(ids[:4], B, args.steps)  # seconds of the steps, not the prompt
-                keep(e, f"decode_ms_B{B}", steps / args.steps * 1e3)
+        for kind, storage in engines:
+            cmd = [sys.executable, os.path.abspath(__file__), "_engine", "--engine", kind, "--dir",
+                   directory, "--storage", storage, "--threads", str(args.threads), "--steps",
+                   str(args.steps), "--prefill", *map(str, args.prefill)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"bench: {kind} {storage} failed: {out.stderr.strip()[-2000:]}")
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            d = res.setdefault(got.pop("name"), {})
+            for key, value in got.items():  # best round: fastest, least memory
+                better = max if key.startswith("prefill") else min
+                d[key] = better(d.get(key, value), value)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    for e in engines:
-        d = res[e.name]
-        for T in args.prefill:
-            d[f"prefill_tok_s_T{T}"] = T / d.pop(f"prefill_s_T{T}")
-        if isinstance(e, Ours):
-            d["decode_GBps_B1"] = e.weight_bytes / d["decode_ms_B1"] / 1e6
-            for T in args.prefill[-1:]:
-                d[f"prefill_GFLOPs_T{T}"] = 2 * e.matrix_params * d[f"prefill_tok_s_T{T}"] / GB
+    for name, d in res.items():
+        if "weight_bytes" in d:
+            d["weight_MB"] = d.pop("weight_bytes") / 1e6
+            d["decode_GBps_B1"] = d["weight_MB"] / d["decode_ms_B1"]  # MB/ms = GB/s
+            params = d.pop("layer_params")
+            for T in args.prefill:  # the head runs on the last position only
+                d[f"prefill_GFLOPs_T{T}"] = 2 * params * d[f"prefill_tok_s_T{T}"] / GB
             d["batch8_vs_batch1_throughput"] = 8 * d["decode_ms_B1"] / d["decode_ms_B8"]
-            d["weight_MB"] = e.weight_bytes / 1e6
-    for e in engines:  # in fresh processes, one at a time
-        kind = {Ours: "ours", HF: "hf", BlinkDL: "blinkdl"}[type(e)]
-        storage = e.name.split()[-1] if kind == "ours" else "float32"
-        res[e.name].update(run_probe(kind, directory, storage, args.threads))
     return res
 
 
@@ -328,6 +328,12 @@ def verdicts(res, ceil) -> list:
     if "float32" in ours and ceil:
         frac = ours["float32"]["decode_GBps_B1"] / ceil["read_GBps"]
         out.append(("decode fp32 bandwidth >= 0.7 x streaming ceiling", frac, frac >= 0.7))
+        for key in sorted(k for k in ours["float32"] if k.startswith("prefill_GFLOPs")):
+            frac = ours["float32"][key] / ceil["sgemm_GFLOPs"]
+            out.append((f"prefill fp32 {key[15:]} >= 0.75 x sgemm ceiling", frac, frac >= 0.75))
+    if "float32" in ours and "load_rss_vs_file" in ours["float32"]:
+        r = ours["float32"]["load_rss_vs_file"]
+        out.append(("load float32 + 1 token: RSS above baseline <= 1.15 x file", r, r <= 1.15))
     for s, d in ours.items():
         out.append((f"batch-8 decode throughput >= 5 x batch-1 ({s})",
                     d["batch8_vs_batch1_throughput"], d["batch8_vs_batch1_throughput"] >= 5))
@@ -347,7 +353,7 @@ def print_table(res) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("what", choices=["kernels", "model", "_probe"])
+    p.add_argument("what", choices=["kernels", "model", "_engine"])
     p.add_argument("--shape", choices=sorted(SHAPES), default="169m", help="random model shape")
     p.add_argument("--model", help="an HF model directory instead of a random model")
     p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8"])
@@ -362,8 +368,8 @@ def main() -> None:
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.threads = set_threads(args.threads)
-    if args.what == "_probe":
-        return probe(args)
+    if args.what == "_engine":
+        return engine_round(args)
     if args.peers:
         import torch
         torch.set_num_threads(args.threads)
