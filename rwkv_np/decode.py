@@ -20,8 +20,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .linear import packed, project
+from .linear import project
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
+from .storage import packed
 from .wkv import _scales
 
 ROWS_PER_JOB = 16  # weight rows per parallel work item: enough to amortize, small to balance

@@ -13,12 +13,7 @@ BLAS. `linear` picks the kernel by the number of rows N of x:
   N > 16        BLAS GEMM (numpy's OpenBLAS); 16-bit and int8 weights are widened to float32
                 a block of rows at a time, so no float32 copy of the whole matrix is made.
 
-Storages, chosen once at load time by `prepare_weight`:
-  "float32" / "float64"  a plain C-contiguous ndarray (out, in)
-  "float16"              a plain np.float16 ndarray (out, in)
-  "bfloat16"             Bf16Weight: the upper 16 bits of each float32, as uint16 (numpy has no
-                         bfloat16); widening is a 16-bit left shift
-  "int8"                 Int8Weight: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j]
+Weights come in any storage of storage.py, as `packed` tuples.
 
 Dot products use fastmath (they reassociate the sum so it vectorizes); nothing here relies on
 -inf / -1e38 sentinels, so that is safe. Numba's np.dot would need scipy: kernels are plain loops.
@@ -33,94 +28,11 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .errors import InputError
+from .storage import BF16, F16, FLOAT, I8, packed, rows_as_float
 
-STORAGES = ("float32", "float64", "float16", "bfloat16", "int8")
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
 _BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
-
-
-# ---------------------------------------------------------------- weight containers
-
-class Bf16Weight:
-    """A bfloat16 matrix kept as its raw bits: `bits` (out, in) uint16, value = bits << 16."""
-    storage = "bfloat16"
-
-    def __init__(self, bits: np.ndarray):  # (out, in) uint16
-        self.bits = np.ascontiguousarray(bits, dtype=np.uint16)
-        self.shape = self.bits.shape
-        self.nbytes = self.bits.nbytes
-
-    def to_float32(self) -> np.ndarray:  # -> (out, in) float32
-        return rows_as_float((self.bits, _BF16, _NO_SCALE), 0, self.shape[0])
-
-    def __repr__(self):
-        return f"Bf16Weight(shape={self.shape})"
-
-
-class Int8Weight:
-    """Symmetric int8 quantization: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j].
-
-    `col_scale` is None unless asked for. The matrix product folds it into x, so
-    x @ W.T = ((x * col_scale) @ q.T) * row_scale.
-    """
-    storage = "int8"
-
-    def __init__(self, q: np.ndarray, row_scale: np.ndarray, col_scale=None):
-        self.q = np.ascontiguousarray(q, dtype=np.int8)                       # (out, in)
-        self.row_scale = np.ascontiguousarray(row_scale, dtype=np.float32)    # (out,)
-        self.col_scale = (None if col_scale is None                           # (in,) or None
-                          else np.ascontiguousarray(col_scale, dtype=np.float32))
-        self.shape = self.q.shape
-        self.nbytes = self.q.nbytes + self.row_scale.nbytes + (
-            0 if self.col_scale is None else self.col_scale.nbytes)
-
-    def to_float32(self) -> np.ndarray:  # -> (out, in) float32, the matrix the kernels multiply by
-        w = rows_as_float((self.q, _I8, self.row_scale), 0, self.shape[0])
-        return w if self.col_scale is None else w * self.col_scale[None, :]
-
-    def __repr__(self):
-        cols = "" if self.col_scale is None else ", col_scale"
-        return f"Int8Weight(shape={self.shape}{cols})"
-
-
-def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = False):
-    """Convert a float weight (out, in) (or an embedding (V, H)) to its storage, once, at load.
-
-    float32/float64/float16 give a contiguous ndarray; bfloat16 rounds to nearest-even (as
-    torch's .to(torch.bfloat16)); int8 uses per-row scales max|W[i]|/127, and with
-    col_scales=True first divides each column by its max |W[:, j]| (helps outlier columns).
-    """
-    if storage not in STORAGES:
-        raise InputError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
-    W = np.asarray(W)
-    if W.ndim != 2 or W.dtype.kind != "f":
-        raise InputError(f"prepare_weight expects a 2-D float array, got {W.dtype} {W.shape}")
-    if storage in ("float32", "float64", "float16"):
-        return np.ascontiguousarray(W, dtype=storage)
-    W = np.ascontiguousarray(W, dtype=np.float32)
-    if storage == "bfloat16":
-        u = W.view(np.uint32)
-        rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16
-        keep_nan = np.isnan(W)  # rounding could carry a NaN's payload into inf; keep it quiet NaN
-        bits = np.where(keep_nan, (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
-        return Bf16Weight(bits)
-    col_scale = None
-    if col_scales:
-        col_scale = np.abs(W).max(axis=0)
-        col_scale[col_scale == 0] = 1.0
-        W = W / col_scale[None, :]
-    row_scale = np.abs(W).max(axis=1) / np.float32(127.0)
-    row_scale[row_scale == 0] = 1.0
-    q = np.clip(np.rint(W / row_scale[:, None]), -127, 127).astype(np.int8)
-    return Int8Weight(q, row_scale, col_scale)
-
-
-def dequantize(W) -> np.ndarray:  # -> (out, in) float ndarray: the matrix `linear` multiplies by
-    """The float matrix a stored weight stands for (float32 unless W is a float64 ndarray)."""
-    if isinstance(W, (Bf16Weight, Int8Weight)):
-        return W.to_float32()
-    return W if W.dtype == np.float64 else W.astype(np.float32)
 
 
 # ---------------------------------------------------------------- element widening (in registers)
@@ -179,10 +91,6 @@ def _i8(q):  # int8 -> float32 (the row scale is applied to the finished dot pro
 # inside its fused layer step. A stored weight travels as a tuple (array, kind, row_scale):
 # Numba compiles one version per array dtype, and `kind` tells float16 from bfloat16 bits.
 
-_FLOAT, _F16, _BF16, _I8 = 0, 1, 2, 3  # kind
-_NO_SCALE = np.ones(0, np.float32)
-
-
 def project(W, x, y, i0, i1, buf):  # W (array (out, in), kind, row_scale), x (N, in), y (N, out)
     """y[:, i] = x @ W[i] for i0 <= i < i1; buf (in,) float32 scratch for a widened row."""
 
@@ -201,7 +109,7 @@ def _project(W, x, y, i0, i1, buf):
         return impl
     if dtype == types.uint16:
         def impl(W, x, y, i0, i1, buf):
-            if W[1] == _F16:
+            if W[1] == F16:
                 _packed_rows(W[0], _f16, x, y, i0, i1, buf)
             else:
                 _packed_rows(W[0], _bf16, x, y, i0, i1, buf)
@@ -310,18 +218,6 @@ def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of row
 
 # ---------------------------------------------------------------- prefill: N > SMALL_N, BLAS
 
-def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_scale) -> (r1-r0, in)
-    """Rows r0:r1 of a stored weight as the float32 (or float64) matrix they stand for."""
-    A, kind, scale = W
-    if kind == _FLOAT:
-        return A[r0:r1]
-    if kind == _F16:
-        return A[r0:r1].view(np.float16).astype(np.float32)
-    if kind == _BF16:
-        return (A[r0:r1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return A[r0:r1].astype(np.float32) * scale[r0:r1, None]
-
-
 def _gemm_packed(x, W):  # x (N, in), W (array, kind, row_scale) packed -> (N, out)
     """BLAS on float32 copies of W made a block of rows at a time (no full float32 copy)."""
     out, n_in = W[0].shape[0], x.shape[1]
@@ -335,20 +231,6 @@ def _gemm_packed(x, W):  # x (N, in), W (array, kind, row_scale) packed -> (N, o
 
 # ---------------------------------------------------------------- the entry points
 
-def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
-    """The tuple form of a stored weight that the kernels take, and its column scales."""
-    if isinstance(W, np.ndarray) and W.dtype.kind == "f":
-        if W.dtype == np.float16:
-            return (W.view(np.uint16), _F16, _NO_SCALE), None
-        return (np.ascontiguousarray(W), _FLOAT, _NO_SCALE), None
-    if isinstance(W, Bf16Weight):  # as uint32 pairs when the rows have an even length
-        return (W.bits.view(np.uint32) if W.shape[1] % 2 == 0 else W.bits, _BF16, _NO_SCALE), None
-    if isinstance(W, Int8Weight):
-        return (W.q, _I8, W.row_scale), W.col_scale
-    raise InputError(f"linear: unsupported weight {type(W).__name__} "
-                     f"{getattr(W, 'dtype', '')}; use prepare_weight")
-
-
 def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> (N, out)
     """y = x @ W.T in x's dtype (float32 or float64), W as returned by `prepare_weight`."""
     if x.ndim != 2 or x.shape[1] != W.shape[1]:
@@ -361,28 +243,13 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
     x = np.ascontiguousarray(x)
     N = x.shape[0]
     if N > SMALL_N:
-        if Wt[1] == _FLOAT:
+        if Wt[1] == FLOAT:
             return (x @ Wt[0].T).astype(x.dtype, copy=False)
         return _gemm_packed(x, Wt)
     y = np.empty((N, W.shape[0]), x.dtype)
     if N > 0:
         _project_all(Wt, x, y, 16 * numba.get_num_threads())
     return y
-
-
-def embedding_rows(E, ids, dtype=np.float32) -> np.ndarray:  # E stored (V, H), ids (n,) -> (n, H)
-    """Rows `ids` of an embedding matrix in any storage, widened to `dtype`."""
-    ids = np.asarray(ids)
-    V = E.shape[0]
-    if ids.size and (ids.min() < 0 or ids.max() >= V):
-        bad = ids[(ids < 0) | (ids >= V)].flat[0]
-        raise InputError(f"token id {bad} is outside the vocabulary [0, {V})")
-    if isinstance(E, Bf16Weight):
-        return (E.bits[ids].astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
-    if isinstance(E, Int8Weight):
-        rows = E.q[ids].astype(dtype) * E.row_scale[ids, None]
-        return rows if E.col_scale is None else rows * E.col_scale
-    return np.asarray(E[ids], dtype=dtype)
 
 
 # ---------------------------------------------------------------- threads

@@ -19,7 +19,8 @@ import numpy as np
 from .config import RwkvConfig
 from .decode import decode, layer_args
 from .errors import InputError
-from .linear import SMALL_N, STORAGES, Bf16Weight, embedding_rows, linear, prepare_weight
+from .linear import SMALL_N, linear
+from .storage import STORAGES, Bf16Weight, embedding_rows, prepare_weight
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
 from .weights import as_float, check_finite, check_state_dict, is_bf16, load_state_dict
 from .wkv import wkv_forward

@@ -6,7 +6,7 @@ import pytest
 from conftest import random_state_dict
 
 from rwkv_np import RwkvConfig, RwkvForCausalLM, reference
-from rwkv_np.linear import dequantize, prepare_weight
+from rwkv_np.storage import dequantize, prepare_weight
 
 # Odd sizes so that no loop divides evenly; rescale_every=2 exercises HF's halving.
 CONFIG = RwkvConfig(vocab_size=53, hidden_size=40, num_hidden_layers=4, intermediate_size=83,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rwkv_np import RwkvConfig, RwkvForCausalLM, RwkvModel, reference
-from rwkv_np.linear import dequantize
+from rwkv_np.storage import dequantize
 from rwkv_np.weights import load_state_dict
 
 CONFIG = RwkvConfig(vocab_size=61, hidden_size=16, num_hidden_layers=7, intermediate_size=37)

@@ -26,7 +26,8 @@ import numpy as np
 from numba import njit, prange
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rwkv_np.linear import STORAGES, linear, prepare_weight, set_threads  # noqa: E402
+from rwkv_np.linear import linear, set_threads  # noqa: E402
+from rwkv_np.storage import STORAGES, prepare_weight  # noqa: E402
 
 SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1b5": (24, 2048)}  # name: (L, H), V = 50277
 KERNEL_SHAPES = [(768, 768), (3072, 768), (768, 3072), (50277, 768)]  # the 169M projections

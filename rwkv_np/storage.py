@@ -1,0 +1,143 @@
+"""How a weight matrix is kept in memory, chosen once at load time by `prepare_weight`.
+
+  "float32" / "float64"  a plain C-contiguous ndarray (out, in)
+  "float16"              a plain np.float16 ndarray (out, in)
+  "bfloat16"             Bf16Weight: the upper 16 bits of each float32, as uint16 (numpy has no
+                         bfloat16); widening is a 16-bit left shift
+  "int8"                 Int8Weight: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j]
+
+The kernels of linear.py take any of them in one form, `packed(W)`: a tuple (array, kind,
+row_scale) that Numba compiles a version of per array dtype.
+"""
+import numpy as np
+
+from .errors import InputError
+
+STORAGES = ("float32", "float64", "float16", "bfloat16", "int8")
+
+FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind
+NO_SCALE = np.ones(0, np.float32)
+
+
+
+
+class Bf16Weight:
+    """A bfloat16 matrix kept as its raw bits: `bits` (out, in) uint16, value = bits << 16."""
+    storage = "bfloat16"
+
+    def __init__(self, bits: np.ndarray):  # (out, in) uint16
+        self.bits = np.ascontiguousarray(bits, dtype=np.uint16)
+        self.shape = self.bits.shape
+        self.nbytes = self.bits.nbytes
+
+    def to_float32(self) -> np.ndarray:  # -> (out, in) float32
+        return rows_as_float((self.bits, BF16, NO_SCALE), 0, self.shape[0])
+
+    def __repr__(self):
+        return f"Bf16Weight(shape={self.shape})"
+
+
+class Int8Weight:
+    """Symmetric int8 quantization: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j].
+
+    `col_scale` is None unless asked for. The matrix product folds it into x, so
+    x @ W.T = ((x * col_scale) @ q.T) * row_scale.
+    """
+    storage = "int8"
+
+    def __init__(self, q: np.ndarray, row_scale: np.ndarray, col_scale=None):
+        self.q = np.ascontiguousarray(q, dtype=np.int8)                       # (out, in)
+        self.row_scale = np.ascontiguousarray(row_scale, dtype=np.float32)    # (out,)
+        self.col_scale = (None if col_scale is None                           # (in,) or None
+                          else np.ascontiguousarray(col_scale, dtype=np.float32))
+        self.shape = self.q.shape
+        self.nbytes = self.q.nbytes + self.row_scale.nbytes + (
+            0 if self.col_scale is None else self.col_scale.nbytes)
+
+    def to_float32(self) -> np.ndarray:  # -> (out, in) float32, the matrix the kernels multiply by
+        w = rows_as_float((self.q, I8, self.row_scale), 0, self.shape[0])
+        return w if self.col_scale is None else w * self.col_scale[None, :]
+
+    def __repr__(self):
+        cols = "" if self.col_scale is None else ", col_scale"
+        return f"Int8Weight(shape={self.shape}{cols})"
+
+
+def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = False):
+    """Convert a float weight (out, in) (or an embedding (V, H)) to its storage, once, at load.
+
+    float32/float64/float16 give a contiguous ndarray; bfloat16 rounds to nearest-even (as
+    torch's .to(torch.bfloat16)); int8 uses per-row scales max|W[i]|/127, and with
+    col_scales=True first divides each column by its max |W[:, j]| (helps outlier columns).
+    """
+    if storage not in STORAGES:
+        raise InputError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    W = np.asarray(W)
+    if W.ndim != 2 or W.dtype.kind != "f":
+        raise InputError(f"prepare_weight expects a 2-D float array, got {W.dtype} {W.shape}")
+    if storage in ("float32", "float64", "float16"):
+        return np.ascontiguousarray(W, dtype=storage)
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    if storage == "bfloat16":
+        u = W.view(np.uint32)
+        rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16
+        keep_nan = np.isnan(W)  # rounding could carry a NaN's payload into inf; keep it quiet NaN
+        bits = np.where(keep_nan, (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
+        return Bf16Weight(bits)
+    col_scale = None
+    if col_scales:
+        col_scale = np.abs(W).max(axis=0)
+        col_scale[col_scale == 0] = 1.0
+        W = W / col_scale[None, :]
+    row_scale = np.abs(W).max(axis=1) / np.float32(127.0)
+    row_scale[row_scale == 0] = 1.0
+    q = np.clip(np.rint(W / row_scale[:, None]), -127, 127).astype(np.int8)
+    return Int8Weight(q, row_scale, col_scale)
+
+
+def dequantize(W) -> np.ndarray:  # -> (out, in) float ndarray: the matrix `linear` multiplies by
+    """The float matrix a stored weight stands for (float32 unless W is a float64 ndarray)."""
+    if isinstance(W, (Bf16Weight, Int8Weight)):
+        return W.to_float32()
+    return W if W.dtype == np.float64 else W.astype(np.float32)
+
+
+def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_scale) -> (r1-r0, in)
+    """Rows r0:r1 of a stored weight as the float32 (or float64) matrix they stand for."""
+    A, kind, scale = W
+    if kind == FLOAT:
+        return A[r0:r1]
+    if kind == F16:
+        return A[r0:r1].view(np.float16).astype(np.float32)
+    if kind == BF16:
+        return (A[r0:r1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return A[r0:r1].astype(np.float32) * scale[r0:r1, None]
+
+
+def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
+    """The tuple form of a stored weight that the kernels take, and its column scales."""
+    if isinstance(W, np.ndarray) and W.dtype.kind == "f":
+        if W.dtype == np.float16:
+            return (W.view(np.uint16), F16, NO_SCALE), None
+        return (np.ascontiguousarray(W), FLOAT, NO_SCALE), None
+    if isinstance(W, Bf16Weight):  # as uint32 pairs when the rows have an even length
+        return (W.bits.view(np.uint32) if W.shape[1] % 2 == 0 else W.bits, BF16, NO_SCALE), None
+    if isinstance(W, Int8Weight):
+        return (W.q, I8, W.row_scale), W.col_scale
+    raise InputError(f"linear: unsupported weight {type(W).__name__} "
+                     f"{getattr(W, 'dtype', '')}; use prepare_weight")
+
+
+def embedding_rows(E, ids, dtype=np.float32) -> np.ndarray:  # E stored (V, H), ids (n,) -> (n, H)
+    """Rows `ids` of an embedding matrix in any storage, widened to `dtype`."""
+    ids = np.asarray(ids)
+    V = E.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        bad = ids[(ids < 0) | (ids >= V)].flat[0]
+        raise InputError(f"token id {bad} is outside the vocabulary [0, {V})")
+    if isinstance(E, Bf16Weight):
+        return (E.bits[ids].astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
+    if isinstance(E, Int8Weight):
+        rows = E.q[ids].astype(dtype) * E.row_scale[ids, None]
+        return rows if E.col_scale is None else rows * E.col_scale
+    return np.asarray(E[ids], dtype=dtype)
