@@ -16,14 +16,13 @@ without fastmath, because the WKV step relies on exp(-1e38 - q) being exactly 0.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from .linear import project
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
 from .storage import packed
-from .wkv import _scales
+from .wkv import step_scales
 
 ROWS_PER_JOB = 16  # weight rows per parallel work item: enough to amortize, small to balance
 
@@ -99,11 +98,11 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
             for c in range(c0, c1):
                 kt, vt = k[b, c], v[b, c]
                 aa, bb, pp = num[b, c, l], den[b, c, l], pmax[b, c, l]
-                e1, e2 = _scales(pp, first[c] + kt)
+                e1, e2 = step_scales(pp, first[c] + kt)
                 wkv = (e1 * aa + e2 * vt) / (e1 * bb + e2)
                 rw[b, c] = wkv / (1 + np.exp(-r[b, c]))
                 pw = pp + decay[c]
-                e1, e2 = _scales(pw, kt)
+                e1, e2 = step_scales(pw, kt)
                 num[b, c, l] = e1 * aa + e2 * vt
                 den[b, c, l] = e1 * bb + e2
                 pmax[b, c, l] = max(pw, kt)

@@ -140,7 +140,7 @@ def _exp_nonpositive_impl(x):
 
 
 @numba.njit(inline="always")
-def _scales(x, y):  # -> (e^(x-q), e^(y-q)) with q = max(x, y): one of the two is e^0 = 1
+def step_scales(x, y):  # -> (e^(x-q), e^(y-q)), q = max(x, y): one of them is e^0 = 1
     """The two factors of a log-space step: one exp instead of two, and no branch (a select),
     so a loop over channels vectorizes."""
     one = np.float32(1.0)  # unifies with float32 or float64 exps: no change of precision
@@ -165,10 +165,10 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
         for t in range(T):
             kt, vt, ot = k[bi, t, c0:c1], v[bi, t, c0:c1], out[bi, t, c0:c1]
             for c in range(c1 - c0):
-                e1, e2 = _scales(pp[c], uu[c] + kt[c])
+                e1, e2 = step_scales(pp[c], uu[c] + kt[c])
                 ot[c] = (e1 * aa[c] + e2 * vt[c]) / (e1 * bb[c] + e2)
                 pw = pp[c] + ww[c]
-                e1, e2 = _scales(pw, kt[c])
+                e1, e2 = step_scales(pw, kt[c])
                 aa[c] = e1 * aa[c] + e2 * vt[c]
                 bb[c] = e1 * bb[c] + e2
                 pp[c] = max(pw, kt[c])
