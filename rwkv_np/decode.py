@@ -27,27 +27,35 @@ from .wkv import step_scales
 ROWS_PER_JOB = 16  # weight rows per parallel work item: enough to amortize, small to balance
 
 
-@njit(inline="always")
-def _layer_norm(x, weight, bias, eps, out):  # x (B, H) -> out (B, H), statistics in float64
-    B, H = x.shape
-    for b in range(B):
+@njit(cache=True)
+def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, H), last (B, H), mixes (K, H)
+    """xn = layer_norm(x) (B, T, H), and for each of the K mixes m the token-shift blend
+    xn * m + prev * (1 - m) as (K, B*T, H), prev being xn one token earlier (last at t = 0).
+    Both paths use it: model.run_block for a prompt, `_layer` for a token (T = 1). One compiled
+    pass instead of a dozen NumPy temporaries; statistics in float64. Serial on purpose: idle OpenMP threads of a parallel region spin for milliseconds and slowed the
+    BLAS call that follows (measured ~20% of a 256-token prompt)."""
+    B, T, H = x.shape
+    xn = np.empty_like(x)
+    for bt in range(B * T):
+        b, t = bt // T, bt % T
         mean = 0.0
         for j in range(H):
-            mean += x[b, j]
+            mean += x[b, t, j]
         mean /= H
         var = 0.0
         for j in range(H):
-            var += (x[b, j] - mean) ** 2
+            var += (x[b, t, j] - mean) ** 2
         inv = 1.0 / np.sqrt(var / H + eps)
         for j in range(H):
-            out[b, j] = (x[b, j] - mean) * inv * weight[j] + bias[j]
-
-
-@njit(inline="always")
-def _mix(x, last, mix, out):  # x, last (B, H), mix (H,) -> out = x * mix + last * (1 - mix)
-    for b in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            out[b, j] = last[b, j] + (x[b, j] - last[b, j]) * mix[j]
+            xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
+    out = np.empty((mixes.shape[0], B * T, H), x.dtype)
+    for bt in range(B * T):
+        b, t = bt // T, bt % T
+        prev = last[b] if t == 0 else xn[b, t - 1]
+        for k in range(mixes.shape[0]):
+            for j in range(H):
+                out[k, bt, j] = prev[j] + (xn[b, t, j] - prev[j]) * mixes[k, j]
+    return xn, out
 
 
 @njit(inline="always")
@@ -76,14 +84,10 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     num, den, pmax = state[NUM], state[DEN], state[MAX]
 
     # Time mixing. xa = ln1(x); k, v, r from xa mixed with the previous token's xa.
-    xa = np.empty((B, H), f32)
-    _layer_norm(x, ln1_w, ln1_b, eps, xa)
-    last = np.ascontiguousarray(state[ATT_X][:, :, l])
-    xk, xv, xr = np.empty((B, H), f32), np.empty((B, H), f32), np.empty((B, H), f32)
-    _mix(xa, last, mix_k, xk)
-    _mix(xa, last, mix_v, xv)
-    _mix(xa, last, mix_r, xr)
-    state[ATT_X][:, :, l] = xa
+    xa, mixed = norm_and_mix(x.reshape(B, 1, H), np.ascontiguousarray(state[ATT_X][:, :, l]),
+                             ln1_w, ln1_b, eps, np.stack((mix_k, mix_v, mix_r)))
+    xk, xv, xr = mixed[0], mixed[1], mixed[2]
+    state[ATT_X][:, :, l] = xa[:, 0]
     k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
     rw = np.empty((B, A), f32)
     for job in prange(_jobs(A)):  # channels c0:c1 of k, v, r, then their WKV step
@@ -116,13 +120,10 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
                 x[b, j] += att[b, j] * scale
 
     # Channel mixing. xf = ln2(x); key = relu(mix_k(xf) @ W_key.T)^2, gate = sigmoid(...).
-    xf = np.empty((B, H), f32)
-    _layer_norm(x, ln2_w, ln2_b, eps, xf)
-    last = np.ascontiguousarray(state[FFN_X][:, :, l])
-    fk, fr = np.empty((B, H), f32), np.empty((B, H), f32)
-    _mix(xf, last, fmix_k, fk)
-    _mix(xf, last, fmix_r, fr)
-    state[FFN_X][:, :, l] = xf
+    xf, mixed = norm_and_mix(x.reshape(B, 1, H), np.ascontiguousarray(state[FFN_X][:, :, l]),
+                             ln2_w, ln2_b, eps, np.stack((fmix_k, fmix_r)))
+    fk, fr = mixed[0], mixed[1]
+    state[FFN_X][:, :, l] = xf[:, 0]
     key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
     n = _jobs(I)
     for job in prange(n + _jobs(H)):

@@ -15,10 +15,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from .config import RwkvConfig
-from .decode import decode, layer_args
+from .decode import decode, layer_args, norm_and_mix
 from .errors import InputError
 from .linear import SMALL_N, linear
 from .storage import STORAGES, Bf16Weight, embedding_rows, prepare_weight
@@ -125,37 +124,6 @@ def layer_norm(x, weight, bias, eps):  # x (..., H) -> (..., H)
 
 def sigmoid(x):
     return 1 / (1 + np.exp(-x))
-
-
-@njit(cache=True)
-def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, H), last (B, H), mixes (K, H)
-    """xn = layer_norm(x) (B, T, H), and for each of the K mixes m the token-shift blend
-    xn * m + prev * (1 - m) as (K, B*T, H), prev being xn one token earlier (last at t = 0).
-    One compiled pass instead of a dozen NumPy temporaries; statistics in float64. Serial on
-    purpose: idle OpenMP threads of a parallel region spin for milliseconds and slowed the
-    BLAS call that follows (measured ~20% of a 256-token prompt)."""
-    B, T, H = x.shape
-    xn = np.empty_like(x)
-    for bt in range(B * T):
-        b, t = bt // T, bt % T
-        mean = 0.0
-        for j in range(H):
-            mean += x[b, t, j]
-        mean /= H
-        var = 0.0
-        for j in range(H):
-            var += (x[b, t, j] - mean) ** 2
-        inv = 1.0 / np.sqrt(var / H + eps)
-        for j in range(H):
-            xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
-    out = np.empty((mixes.shape[0], B * T, H), x.dtype)
-    for bt in range(B * T):
-        b, t = bt // T, bt % T
-        prev = last[b] if t == 0 else xn[b, t - 1]
-        for k in range(mixes.shape[0]):
-            for j in range(H):
-                out[k, bt, j] = prev[j] + (xn[b, t, j] - prev[j]) * mixes[k, j]
-    return xn, out
 
 
 def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention and ffn branches
