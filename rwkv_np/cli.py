@@ -329,9 +329,9 @@ def run_info(args) -> int:
 
 def add_interop(sub):
     from .compare import add_compare
-    from .convert import add_convert
+    from .convert import add_convert, add_quantize
     from .golden import add_golden
-    for add in (add_golden, add_compare, add_convert):
+    for add in (add_golden, add_compare, add_convert, add_quantize):
         add(sub, formatter_class=Formatter, parents=[common_options()])
 
 

@@ -6,7 +6,8 @@ Weights: `load_checkpoint(src)` reads any of
     an rwkv.cpp .bin (F32, F16, Q5_0, Q5_1, Q8_0)   (rwkvcpp.py)
 into (config, state dict with HF names); `convert(src, out_dir)` writes it as an HF safetensors
 directory. Names follow weights.hf_name; values are unchanged (quantized rwkv.cpp tensors are
-written dequantized, as float32).
+written dequantized, as float32). `quantize(src, out_dir)` writes rwkv_np's int8 directory instead:
+every matrix quantized as `weights="int8"` would at load, loadable memory-mapped.
 
 States: one sequence's recurrent state in each engine's layout (L layers, H channels):
     HF / rwkv_np   list of 5 arrays (B, H, L): [ffn_x, att_x, num, den, max]      (state.py)
@@ -28,7 +29,7 @@ from .errors import InputError, ModelFileError
 from .pth import is_torch_zip, read_torch_zip
 from .rwkvcpp import is_rwkvcpp, read_rwkvcpp
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
-from .weights import check_state_dict, hf_name, load_state_dict, save_pretrained
+from .weights import check_finite, check_state_dict, hf_name, load_state_dict, save_pretrained
 
 PIP_ORDER = (ATT_X, NUM, DEN, MAX, FFN_X)     # rwkv pip: state[5*i + j] is HF's PIP_ORDER[j]
 RWKVCPP_ORDER = (FFN_X, ATT_X, NUM, DEN, MAX)  # rwkv.cpp: the same order as HF's list
@@ -119,9 +120,43 @@ def add_convert(subparsers, **parser_kwargs) -> None:
 
 
 def run_convert(args) -> int:
-    config = convert(args.src, args.out, args.dtype)
+    try:
+        config = convert(args.src, args.out, args.dtype)
+    except OSError as e:  # --out is a file, disk full...: one line, exit 2
+        raise ModelFileError(f"{args.out}: cannot write ({e.strerror or e})") from None
     print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}")
+    return 0
+
+
+def quantize(src: str | os.PathLike, out_dir: str | os.PathLike) -> RwkvConfig:
+    """Write `src` with every matrix int8 (per-row scales, the same numbers as loading it with
+    weights="int8"): about a quarter of the float32 file, loaded memory-mapped. rwkv_np only:
+    HF transformers cannot read it."""
+    config, tensors = load_checkpoint(src)
+    check_finite(tensors, os.fspath(src))  # a NaN would quantize to NaN row scales
+    save_pretrained(out_dir, config, tensors, "int8")
+    return config
+
+
+def add_quantize(subparsers, **parser_kwargs) -> None:
+    """Register `rwkv-np quantize`; parser_kwargs as for add_convert."""
+    p = subparsers.add_parser("quantize", **parser_kwargs,
+                              help="write a model with int8 matrices (a quarter of float32, loads "
+                                   "memory-mapped; rwkv_np only)")
+    p.add_argument("src", help="anything `rwkv-np convert` reads")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    p.set_defaults(run=run_quantize)
+
+
+def run_quantize(args) -> int:
+    try:
+        config = quantize(args.src, args.out)
+    except OSError as e:
+        raise ModelFileError(f"{args.out}: cannot write ({e.strerror or e})") from None
+    size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
+    print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"vocab {config.vocab_size}, int8 matrices, {size / 2**20:.2f} MiB")
     return 0
 
 

@@ -20,7 +20,7 @@ from .config import RwkvConfig
 from .decode import decode, layer_args, norm_and_mix
 from .errors import InputError
 from .linear import SMALL_N, linear
-from .storage import STORAGES, Bf16Weight, embedding_rows, prepare_weight
+from .storage import STORAGES, Bf16Weight, Int8Weight, embedding_rows, prepare_weight
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
 from .weights import as_float, check_finite, check_state_dict, is_bf16, load_state_dict
 from .wkv import wkv_forward
@@ -92,14 +92,19 @@ class Block:
 def storage_of(dtype, weights: str | None):
     """The function that puts a matrix (out, in) into memory for `linear`.
 
-    weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16
-    or bfloat16 (a float64 model widens 16-bit matrices to float64); "float32", "float16",
-    "bfloat16" or "int8" stores every matrix that way (16-bit and int8 are widened inside
-    linear's kernels: half / a quarter of the bytes per token)."""
+    weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16,
+    bfloat16 or int8 (`rwkv-np quantize` files; a float64 model widens 16-bit and int8 matrices to
+    float64); "float32", "float16", "bfloat16" or "int8" stores every matrix that way (16-bit and
+    int8 are widened inside linear's kernels: half / a quarter of the bytes per token; an int8
+    file asked for int8 stays mapped, asked for another storage is dequantized first)."""
     if weights is not None and weights not in STORAGES:
         raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
 
     def store(x):
+        if isinstance(x, Int8Weight):
+            if weights == "int8" or (weights is None and dtype == np.float32):
+                return x
+            x = x.to_float32()
         if weights is None and dtype == np.float32 and (x.dtype == np.float16 or is_bf16(x)):
             return store_as(x, "float16" if x.dtype == np.float16 else "bfloat16")
         if weights is None or weights == dtype.name:

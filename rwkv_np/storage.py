@@ -44,8 +44,10 @@ class Int8Weight:
     x @ W.T = ((x * col_scale) @ q.T) * row_scale.
     """
     storage = "int8"
+    dtype = np.dtype(np.int8)  # of the stored values, for code that lists a state dict's dtypes
 
     def __init__(self, q: np.ndarray, row_scale: np.ndarray, col_scale=None):
+        # Contiguous int8 / float32 arrays (e.g. read-only views of a mapped file) are not copied.
         self.q = np.ascontiguousarray(q, dtype=np.int8)                       # (out, in)
         self.row_scale = np.ascontiguousarray(row_scale, dtype=np.float32)    # (out,)
         self.col_scale = (None if col_scale is None                           # (in,) or None

@@ -7,6 +7,10 @@ safetensors layout: 8-byte little-endian header length N, N bytes of JSON
 {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the data.
 We parse that header ourselves and view the data through one read-only memory map, because the
 safetensors package's NumPy API copies every tensor into memory and cannot represent BF16.
+
+rwkv_np's int8 files (`save_pretrained(..., dtype="int8")`, `rwkv-np quantize`) hold each matrix
+as an I8 tensor `name` plus its float32 row scales `name + SCALE` (W[i, j] ~= q[i, j] * scale[i]);
+the reader pairs them into a storage.Int8Weight of two views of the map.
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ import numpy as np
 
 from .config import RwkvConfig
 from .errors import ModelFileError
+from .storage import Int8Weight, prepare_weight
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I8": np.int8, "U8": np.uint8}
 _MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
+SCALE = "_scale"  # suffix of an int8 matrix's row scales; no RWKV-4 tensor name ends in it
 
 
 def expected_shapes(config: RwkvConfig, head: bool = True) -> dict[str, tuple[int, ...]]:
@@ -72,7 +78,8 @@ def check_state_dict(tensors: dict, config: RwkvConfig, source: str, head: bool 
         got = tuple(tensors[name].shape)
         if got != shape:
             raise ModelFileError(f"{source}: {name} has shape {got}, the config implies {shape}")
-        if not (isinstance(tensors[name], _Bf16) or np.issubdtype(tensors[name].dtype, np.floating)):
+        if not (isinstance(tensors[name], (_Bf16, Int8Weight))  # int8: only 2-D, see _int8_matrices
+                or np.issubdtype(tensors[name].dtype, np.floating)):
             raise ModelFileError(f"{source}: {name} has dtype {tensors[name].dtype}, "
                                  f"expected a floating-point type")
 
@@ -82,6 +89,8 @@ def check_finite(tensors: dict, source: str) -> None:
 
     Scans in slices of 2**22 values so that a large memory-mapped tensor needs no big temporary."""
     for name, x in tensors.items():
+        if isinstance(x, Int8Weight):  # int8 values are finite; load_state_dict checked the scales
+            continue
         flat = x.reshape(-1)
         for start in range(0, flat.size, 1 << 22):
             part = flat[start:start + (1 << 22)]
@@ -187,6 +196,8 @@ def is_bf16(x) -> bool:
 
 def as_float(x: np.ndarray, dtype) -> np.ndarray:
     """A tensor as `dtype` (float32 or float64); float32 data asked as float32 is not copied."""
+    if isinstance(x, Int8Weight):
+        x = x.to_float32()
     if isinstance(x, _Bf16):
         x = bf16_to_float32(x.view(np.ndarray))
     if not np.issubdtype(x.dtype, np.floating):
@@ -210,13 +221,39 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         files = [path]
     else:
         raise ModelFileError(f"{path}: no such file or directory")
-    tensors = {}
+    tensors, where = {}, {}
     for file in files:
         for name, x in read_safetensors(file)[0].items():
-            name = name if name.startswith("rwkv.") or name == "head.weight" else "rwkv." + name
+            if not name.startswith(("rwkv.", "head.weight")):  # (head.weight_scale too)
+                name = "rwkv." + name
             if name in tensors:
                 raise ModelFileError(f"{file}: tensor {name} appears in more than one shard")
-            tensors[name] = x
+            tensors[name], where[name] = x, file
+    return _int8_matrices(tensors, where)
+
+
+def _int8_matrices(tensors: dict, where: dict) -> dict:
+    """Each I8 tensor and its row scales -> one Int8Weight of the same (uncopied) views."""
+    for name in [n for n, x in tensors.items() if x.dtype == np.int8]:
+        q, s, file = tensors[name], tensors.pop(name + SCALE, None), where[name]
+        if q.ndim != 2:
+            raise ModelFileError(f"{file}: tensor {name} is I8 with shape {q.shape}; only matrices "
+                                 f"may be int8, this tensor must be a float")
+        if s is None:
+            raise ModelFileError(f"{file}: I8 tensor {name} has no row scales {name + SCALE}")
+        if s.dtype != np.float32 or s.shape != q.shape[:1]:
+            got = "bfloat16" if isinstance(s, _Bf16) else s.dtype
+            raise ModelFileError(f"{where[name + SCALE]}: row scales {name + SCALE} are {got} {s.shape}, "
+                                 f"expected float32 ({q.shape[0]},)")
+        bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
+        if bad.size:
+            raise ModelFileError(f"{where[name + SCALE]}: row scales {name + SCALE} hold {s[bad[0]]} at "
+                                 f"index {bad[0]}; a scale must be finite and > 0")
+        tensors[name] = Int8Weight(q, s)
+    for name in tensors:
+        if name.endswith(SCALE):
+            raise ModelFileError(f"{where[name]}: tensor {name} looks like row scales, but "
+                                 f"{name[:-len(SCALE)]} is not an I8 tensor")
     return tensors
 
 
@@ -239,35 +276,46 @@ def _shards(index: str) -> list[str]:
 
 def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: dict,
                     dtype: str | None = None) -> None:
-    """Write config.json and model.safetensors (HF names, loadable by HF transformers).
+    """Write config.json and model.safetensors (HF names; HF transformers reads it unless int8).
 
-    dtype: "float32", "float16" or "bfloat16" for every tensor; None keeps each tensor's own.
+    dtype: "float32", "float16" or "bfloat16" for every tensor; "int8" quantizes every matrix
+    exactly as storage.prepare_weight does at load (I8 + float32 row scales `name + SCALE`) and
+    keeps the other tensors as they are; None keeps each tensor's own (int8 stays int8).
     Written by hand (the layout is the one `read_safetensors` parses) because the safetensors
     package's NumPy writer has no bfloat16."""
     check_state_dict(tensors, config, "save_pretrained", head=True)
     if config.tie_word_embeddings:
         tensors = {n: x for n, x in tensors.items() if n != "head.weight"}
-    os.makedirs(directory, exist_ok=True)
-    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name in sorted(tensors):
-        x = tensors[name]
-        if dtype == "bfloat16" or (dtype is None and isinstance(x, _Bf16)):
-            data, code = (x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(x)), "BF16"
+    matrices = {n for n, shape in expected_shapes(config).items() if len(shape) == 2}
+    out = {}  # name -> (safetensors dtype code, little-endian contiguous array)
+    for name, x in tensors.items():
+        if dtype == "int8" and name in matrices and not isinstance(x, Int8Weight):
+            x = prepare_weight(as_float(x, np.float32), "int8")
+        if isinstance(x, Int8Weight) and x.col_scale is None and dtype in (None, "int8"):
+            out[name], out[name + SCALE] = ("I8", x.q), ("F32", x.row_scale)
+        elif dtype == "bfloat16" or (dtype in (None, "int8") and isinstance(x, _Bf16)):
+            out[name] = "BF16", x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(as_float(x, np.float32))
         else:
-            data = np.asarray(as_float(x, np.dtype(dtype or x.dtype)))
-            code = {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type]
-        data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": code, "shape": list(x.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
+            data = np.asarray(as_float(x, np.dtype(x.dtype if dtype in (None, "int8") else dtype)))
+            out[name] = {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type], data
+    int8 = any(code == "I8" for code, _ in out.values())
+    header, offset = {"__metadata__": {"format": "pt", **({"rwkv_np.storage": "int8"} if int8 else {})}}, 0
+    # Wider items first: each tensor then starts at a multiple of its item size, with no holes.
+    names = sorted(out, key=lambda n: (-out[n][1].itemsize, n))
+    for name in names:
+        code, data = out[name]
+        data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": code, "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
+        out[name], offset = data, offset + data.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
     file = os.path.join(directory, "model.safetensors")
+    os.makedirs(directory, exist_ok=True)
     try:  # into a temporary name first, so that a failed write (disk full...) leaves no partial file
         with open(file + ".partial", "wb") as f:
             f.write(len(blob).to_bytes(8, "little") + blob)
-            for data in chunks:
-                f.write(data)
+            for name in names:
+                f.write(out[name].data)
         os.replace(file + ".partial", file)
     finally:
         if os.path.exists(file + ".partial"):
