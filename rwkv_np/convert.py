@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .errors import InputError, ModelFileError
 from .pth import is_torch_zip, read_torch_zip
 from .rwkvcpp import is_rwkvcpp, read_rwkvcpp
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
+from .tokenizer import TOKENIZER_FILE
 from .weights import check_finite, check_state_dict, hf_name, load_state_dict, save_pretrained
 
 PIP_ORDER = (ATT_X, NUM, DEN, MAX, FFN_X)     # rwkv pip: state[5*i + j] is HF's PIP_ORDER[j]
@@ -136,6 +138,8 @@ def quantize(src: str | os.PathLike, out_dir: str | os.PathLike) -> RwkvConfig:
     config, tensors = load_checkpoint(src)
     check_finite(tensors, os.fspath(src))  # a NaN would quantize to NaN row scales
     save_pretrained(out_dir, config, tensors, "int8")
+    if os.path.isfile(os.path.join(src, TOKENIZER_FILE)):  # so that the result generates text
+        shutil.copyfile(os.path.join(src, TOKENIZER_FILE), os.path.join(out_dir, TOKENIZER_FILE))
     return config
 
 

@@ -14,7 +14,9 @@ import json
 import shutil
 import signal
 import struct
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,8 +96,18 @@ def _mixed_precision() -> bytes:
     return safetensors_bytes(*safetensors_parts(tensors))
 
 
+def _int8() -> bytes:
+    """Tiny model in rwkv_np's int8 format (`rwkv-np quantize`): I8 matrices + F32 row scales."""
+    from rwkv_np.weights import save_pretrained
+    config = RwkvConfig.from_dict(CONFIG)
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(d, config, random_state_dict(config, seed=3), dtype="int8")
+        return (Path(d) / "model.safetensors").read_bytes()
+
+
 SAFETENSORS_SOURCES = {
     "f32_f16": (_mixed_precision, json.dumps(CONFIG)),
+    "int8": (_int8, json.dumps(CONFIG)),
     "bf16_fixture": (lambda: (FIXTURES / "hf" / "bf16" / "model.safetensors").read_bytes(),
                      lambda: (FIXTURES / "hf" / "bf16" / "config.json").read_text()),
 }
