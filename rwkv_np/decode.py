@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .linear import project
+from .linear import activations, project
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
 from .storage import packed
 from .wkv import step_scales
@@ -86,7 +86,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     # Time mixing. xa = ln1(x); k, v, r from xa mixed with the previous token's xa.
     xa, mixed = norm_and_mix(x.reshape(B, 1, H), np.ascontiguousarray(state[ATT_X][:, :, l]),
                              ln1_w, ln1_b, eps, np.stack((mix_k, mix_v, mix_r)))
-    xk, xv, xr = mixed[0], mixed[1], mixed[2]
+    xk, xv, xr = activations(Wk, mixed[0]), activations(Wv, mixed[1]), activations(Wr, mixed[2])
     state[ATT_X][:, :, l] = xa[:, 0]
     k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
     rw = np.empty((B, A), f32)
@@ -111,10 +111,10 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
                 den[b, c, l] = e1 * bb + e2
                 pmax[b, c, l] = max(pw, kt)
 
-    att = np.empty((B, H), f32)
+    att, rwa = np.empty((B, H), f32), activations(Wo, rw)
     for job in prange(_jobs(H)):  # x += (r * wkv) @ W_output.T, rows j0:j1
         j0, j1 = _rows(job, H)
-        project(Wo, rw, att, j0, j1, np.empty(A, f32))
+        project(Wo, rwa, att, j0, j1, np.empty(A, f32))
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += att[b, j] * scale
@@ -122,7 +122,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     # Channel mixing. xf = ln2(x); key = relu(mix_k(xf) @ W_key.T)^2, gate = sigmoid(...).
     xf, mixed = norm_and_mix(x.reshape(B, 1, H), np.ascontiguousarray(state[FFN_X][:, :, l]),
                              ln2_w, ln2_b, eps, np.stack((fmix_k, fmix_r)))
-    fk, fr = mixed[0], mixed[1]
+    fk, fr = activations(Fk, mixed[0]), activations(Fr, mixed[1])
     state[FFN_X][:, :, l] = xf[:, 0]
     key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
     n = _jobs(I)
@@ -141,10 +141,10 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
                 for j in range(j0, j1):
                     gate[b, j] = 1 / (1 + np.exp(-gate[b, j]))
 
-    ffn = np.empty((B, H), f32)
+    ffn, keya = np.empty((B, H), f32), activations(Fv, key)
     for job in prange(_jobs(H)):  # x += gate * (key @ W_value.T), rows j0:j1
         j0, j1 = _rows(job, H)
-        project(Fv, key, ffn, j0, j1, np.empty(I, f32))
+        project(Fv, keya, ffn, j0, j1, np.empty(I, f32))
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += ffn[b, j] * gate[b, j] * scale

@@ -33,10 +33,23 @@ def f64(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def assert_close_to_product(y, x, D, rel):
-    """|y - x @ D.T| <= rel * (|x| @ |D|.T): the error bound of a sum of rounded products."""
+def x_rounding(Wp, x):  # -> (N, out) bound on the error of rounding x for int8 weights, or 0
+    """One float32 row of x against int8 weights is rounded to int16 levels (x * col_scale, if
+    any): at most (2**31 - 1) // (127 * in) levels, so that the int32 sums cannot overflow. Each
+    element moves by at most half a step (0.51: the float32 product x * levels / max rounds
+    too), so y[i] moves by at most that times sum_j |q[i, j]| * row_scale[i]."""
+    if not isinstance(Wp, Int8Weight) or x.shape[0] != 1 or x.dtype != np.float32:
+        return 0.0
+    xc = f64(x) * (1.0 if Wp.col_scale is None else f64(Wp.col_scale))
+    step = np.abs(xc).max() / min(32767, (2 ** 31 - 1) // (127 * x.shape[1]))
+    return 0.51 * step * (np.abs(f64(Wp.q)).sum(axis=1) * f64(Wp.row_scale))[None, :]
+
+
+def assert_close_to_product(y, x, D, rel, Wp=None):
+    """|y - x @ D.T| <= rel * (|x| @ |D|.T): the error bound of a sum of rounded products, plus
+    what rounding x adds when Wp (the stored weight D stands for) is int8."""
     ref = f64(x) @ f64(D).T
-    bound = rel * (np.abs(f64(x)) @ np.abs(f64(D)).T) + 1e-30
+    bound = rel * (np.abs(f64(x)) @ np.abs(f64(D)).T) + x_rounding(Wp, x) + 1e-30
     assert y.shape == ref.shape
     assert np.all(np.abs(y - ref) <= bound), np.max(np.abs(y - ref) / bound)
 
@@ -51,7 +64,7 @@ def test_linear_matches_float64_product_of_the_stored_matrix(storage, N, shape):
     x = rng.standard_normal((N, shape[1])).astype(np.float32)
     y = linear(x, Wp)
     assert y.dtype == np.float32 and y.shape == (N, shape[0])
-    assert_close_to_product(y, x, dequantize(Wp), rel=1e-5)
+    assert_close_to_product(y, x, dequantize(Wp), rel=1e-5, Wp=Wp)
 
 
 @pytest.mark.parametrize("N", NS)
@@ -75,8 +88,16 @@ def test_int8_stays_within_half_a_step_per_weight(storage, N):
     y = linear(x, Wp)
     cols = np.ones(45) if Wp.col_scale is None else f64(Wp.col_scale)
     step = f64(Wp.row_scale)[:, None] * cols[None, :]             # (out, in) quantization step
-    bound = 0.5 * np.abs(f64(x)) @ step.T + 1e-5 * np.abs(f64(x)) @ np.abs(f64(W)).T
+    bound = 0.5 * np.abs(f64(x)) @ step.T + 1e-5 * np.abs(f64(x)) @ np.abs(f64(W)).T + x_rounding(Wp, x)
     assert np.all(np.abs(y - f64(x) @ f64(W).T) <= bound)
+
+
+def test_int8_row_sums_cannot_overflow():
+    # The worst case of the int32 sums: every weight and every element of x at full scale.
+    n = 20000
+    Wp = prepare_weight(np.ones((3, n), np.float32), "int8")  # q = 127 everywhere
+    y = linear(np.full((1, n), -2.5, np.float32), Wp)
+    np.testing.assert_allclose(y, -2.5 * n, rtol=1e-6)
 
 
 def test_int8_quantization_uses_the_full_range_of_each_row():
@@ -151,7 +172,7 @@ def test_blocked_gemm_covers_every_row(storage, monkeypatch):
     W = random_weight(rng, (37, 29))
     Wp = make(storage, W)
     x = rng.standard_normal((40, 29)).astype(np.float32)
-    assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5)
+    assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
 
 
 @given(out=st.integers(1, 70), n_in=st.integers(1, 70), N=st.sampled_from([1, 2, 5, 16, 17, 30]),
@@ -160,7 +181,7 @@ def test_any_shape_any_path(out, n_in, N, storage, seed):
     rng = np.random.default_rng(seed)
     Wp = make(storage, random_weight(rng, (out, n_in)))
     x = rng.standard_normal((N, n_in)).astype(np.float32)
-    assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5)
+    assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
 
 
 @pytest.mark.parametrize("storage", STORAGES)
@@ -185,7 +206,7 @@ def test_non_contiguous_activations():
     x = rng.standard_normal((3, 20)).astype(np.float32)[:, ::2]
     for storage in STORAGES:
         Wp = make(storage, W)
-        assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5)
+        assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
 
 
 @pytest.mark.parametrize("storage", STORAGES)
