@@ -237,8 +237,8 @@ def _int8_matrices(tensors: dict, where: dict) -> dict:
     for name in [n for n, x in tensors.items() if x.dtype == np.int8]:
         q, s, file = tensors[name], tensors.pop(name + SCALE, None), where[name]
         if q.ndim != 2:
-            raise ModelFileError(f"{file}: tensor {name} is I8 with shape {q.shape}; only matrices "
-                                 f"may be int8, this tensor must be a float")
+            raise ModelFileError(f"{file}: tensor {name} is I8 with shape {q.shape}; "
+                                 f"only matrices may be int8")
         if s is None:
             raise ModelFileError(f"{file}: I8 tensor {name} has no row scales {name + SCALE}")
         if s.dtype != np.float32 or s.shape != q.shape[:1]:
@@ -250,10 +250,9 @@ def _int8_matrices(tensors: dict, where: dict) -> dict:
             raise ModelFileError(f"{where[name + SCALE]}: row scales {name + SCALE} hold {s[bad[0]]} at "
                                  f"index {bad[0]}; a scale must be finite and > 0")
         tensors[name] = Int8Weight(q, s)
-    for name in tensors:
-        if name.endswith(SCALE):
-            raise ModelFileError(f"{where[name]}: tensor {name} looks like row scales, but "
-                                 f"{name[:-len(SCALE)]} is not an I8 tensor")
+    for name in (n for n in tensors if n.endswith(SCALE)):
+        raise ModelFileError(f"{where[name]}: tensor {name} looks like row scales, "
+                             f"but {name[:-len(SCALE)]} is not I8")
     return tensors
 
 
@@ -287,26 +286,24 @@ def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: d
     if config.tie_word_embeddings:
         tensors = {n: x for n, x in tensors.items() if n != "head.weight"}
     matrices = {n for n, shape in expected_shapes(config).items() if len(shape) == 2}
-    out = {}  # name -> (safetensors dtype code, little-endian contiguous array)
+    out = {}  # name -> (safetensors dtype code, array)
     for name, x in tensors.items():
         if dtype == "int8" and name in matrices and not isinstance(x, Int8Weight):
             x = prepare_weight(as_float(x, np.float32), "int8")
         if isinstance(x, Int8Weight) and x.col_scale is None and dtype in (None, "int8"):
             out[name], out[name + SCALE] = ("I8", x.q), ("F32", x.row_scale)
-        elif dtype == "bfloat16" or (dtype in (None, "int8") and isinstance(x, _Bf16)):
-            out[name] = "BF16", x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(as_float(x, np.float32))
         else:
-            data = np.asarray(as_float(x, np.dtype(x.dtype if dtype in (None, "int8") else dtype)))
-            out[name] = {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type], data
-    int8 = any(code == "I8" for code, _ in out.values())
-    header, offset = {"__metadata__": {"format": "pt", **({"rwkv_np.storage": "int8"} if int8 else {})}}, 0
-    # Wider items first: each tensor then starts at a multiple of its item size, with no holes.
-    names = sorted(out, key=lambda n: (-out[n][1].itemsize, n))
-    for name in names:
+            out[name] = _encoded(x, None if dtype == "int8" else dtype)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    if any(code == "I8" for code, _ in out.values()):
+        header["__metadata__"]["rwkv_np.storage"] = "int8"
+    names = sorted(out, key=lambda n: (-out[n][1].itemsize, n))  # wider items first: each tensor
+    for name in names:                                            # aligned to its size, no holes
         code, data = out[name]
-        data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": code, "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
-        out[name], offset = data, offset + data.nbytes
+        out[name] = data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": code, "shape": list(data.shape),
+                        "data_offsets": [offset, offset + data.nbytes]}
+        offset += data.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
     file = os.path.join(directory, "model.safetensors")
@@ -321,3 +318,11 @@ def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: d
         if os.path.exists(file + ".partial"):
             os.remove(file + ".partial")
     config.save_pretrained(directory)
+
+
+def _encoded(x, dtype: str | None) -> tuple[str, np.ndarray]:  # -> (safetensors dtype code, data)
+    """A tensor as `dtype` ("float32", "float16", "bfloat16"; None: its own float type)."""
+    if dtype == "bfloat16" or (dtype is None and isinstance(x, _Bf16)):
+        return "BF16", x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(as_float(x, np.float32))
+    data = as_float(x, np.dtype(dtype or (np.float32 if isinstance(x, Int8Weight) else x.dtype)))
+    return {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type], data

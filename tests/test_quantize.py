@@ -135,6 +135,8 @@ def test_file_layout(quantized):
     spans.sort()  # no holes (the format allows none), each tensor aligned to its item size
     assert spans[0][0] == 0 and all(e0 == b1 for (_, e0, _), (b1, _, _) in zip(spans, spans[1:]))
     assert all((start + b) % size == 0 for b, _, size in spans) and spans[-1][1] == len(data) - start
+    from safetensors.numpy import load_file  # the format's own reader accepts the file
+    assert load_file(dst / "model.safetensors")["head.weight"].dtype == np.int8
 
 
 def test_demo_model_quantized(tmp_path):
@@ -241,7 +243,7 @@ MALFORMED = {
                         f"tensor {LN} is I8 with shape (8,); only matrices may be int8"),
     "int8_time_mix": (dict(**{MIX: np.ones((1, 1, 8), np.int8)}), f"tensor {MIX} is I8"),
     "stray_scale": (dict(**{"head.weight_scale": np.ones(16, np.float32)}),
-                    "head.weight_scale looks like row scales, but head.weight is not an I8 tensor"),
+                    "head.weight_scale looks like row scales, but head.weight is not I8"),
     "int8_wrong_shape": (dict(**{"head.weight": np.ones((17, 8), np.int8),
                                  "head.weight_scale": np.ones(17, np.float32)}),
                          "head.weight has shape (17, 8), the config implies (16, 8)"),
