@@ -26,7 +26,9 @@ import numpy as np
 from numba import njit, prange
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+PEER_GOMP = os.environ.get("GOMP_SPINCOUNT")  # as given, before rwkv_np sets its own default
 from rwkv_np.linear import linear, set_threads  # noqa: E402
+from rwkv_np.convert import convert, quantize  # noqa: E402
 from rwkv_np.storage import STORAGES, prepare_weight  # noqa: E402
 
 SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1b5": (24, 2048)}  # name: (L, H), V = 50277
@@ -229,6 +231,8 @@ def engine_round(args) -> None:
     torch's OpenMP threads still spinning, slows down the next): load, warm up, time; JSON out."""
     set_threads(args.threads)
     if args.engine != "ours":  # library imports are not load time
+        if PEER_GOMP is None:  # torch's own libgomp keeps its default spin, not rwkv_np's
+            os.environ.pop("GOMP_SPINCOUNT", None)
         import torch
         torch.set_num_threads(args.threads)
         import transformers  # noqa: F401
@@ -282,20 +286,31 @@ def bench_models(args, directory) -> dict:
     if args.peers:
         write_pth(directory)  # once, outside the timed processes
     res = {}
-    for r in range(args.rounds):
-        for kind, storage in engines:
-            cmd = [sys.executable, os.path.abspath(__file__), "_engine", "--engine", kind, "--dir",
-                   directory, "--storage", storage, "--threads", str(args.threads), "--steps",
-                   str(args.steps), "--prefill", *map(str, args.prefill)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"bench: {kind} {storage} failed: {out.stderr.strip()[-2000:]}")
-            got = json.loads(out.stdout.strip().splitlines()[-1])
-            d = res.setdefault(got.pop("name"), {})
-            for key, value in got.items():  # best round: fastest, least memory
-                better = max if key.startswith("prefill") else min
-                d[key] = better(d.get(key, value), value)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # bf16 and int8 run from files of their own, as deployed (`rwkv-np convert --dtype
+        # bfloat16`, `rwkv-np quantize`): memory-mapped, not converted from fp32 at every load.
+        dirs = {s: directory for s in args.storage}
+        if "bfloat16" in dirs:
+            dirs["bfloat16"] = os.path.join(tmp, "bf16")
+            convert(directory, dirs["bfloat16"], "bfloat16")
+        if "int8" in dirs:
+            dirs["int8"] = os.path.join(tmp, "int8")
+            quantize(directory, dirs["int8"])
+        for r in range(args.rounds):
+            for kind, storage in engines:
+                cmd = [sys.executable, os.path.abspath(__file__), "_engine", "--engine", kind,
+                       "--dir", dirs.get(storage, directory) if kind == "ours" else directory,
+                       "--storage", storage, "--threads", str(args.threads), "--steps",
+                       str(args.steps), "--prefill", *map(str, args.prefill)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"bench: {kind} {storage} failed: {out.stderr.strip()[-2000:]}")
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                d = res.setdefault(got.pop("name"), {})
+                for key, value in got.items():  # best round: fastest, least memory
+                    better = max if key.startswith("prefill") else min
+                    d[key] = better(d.get(key, value), value)
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
     for name, d in res.items():
         if "weight_bytes" in d:
             d["weight_MB"] = d.pop("weight_bytes") / 1e6
