@@ -5,9 +5,9 @@ float32), so decode speed is memory bandwidth; a prompt is a chain of GEMMs, so 
 BLAS. `linear` picks the kernel by the number of rows N of x:
 
   N == 1        a Numba matrix-vector kernel: all cores stream W row by row, one vectorized
-                dot product per row. 16-bit and int8 rows are widened in registers, never
-                written back, so they read half / a quarter of the float32 bytes (on a Zen 1
-                core the widening instructions, not memory, then set the pace).
+                dot product per row. 16-bit rows are widened in registers, never written back,
+                so they read half the float32 bytes; int8 rows are multiplied by x rounded to
+                int16 (`activations`) in integer arithmetic, reading a quarter.
   2 <= N <= 16  (batched decode) a matrix-matrix kernel that reads each weight row once and
                 uses it for every row of x while it sits in L1.
   N > 16        BLAS GEMM (numpy's OpenBLAS); 16-bit and int8 weights are widened to float32
