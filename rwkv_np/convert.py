@@ -8,6 +8,7 @@ into (config, state dict with HF names); `convert(src, out_dir)` writes it as an
 directory. Names follow weights.hf_name; values are unchanged (quantized rwkv.cpp tensors are
 written dequantized, as float32). `quantize(src, out_dir)` writes rwkv_np's int8 directory instead:
 every matrix quantized as `weights="int8"` would at load, loadable memory-mapped.
+Both go through `save_pretrained`, the one safetensors writer (the readers are in weights.py).
 
 States: one sequence's recurrent state in each engine's layout (L layers, H channels):
     HF / rwkv_np   list of 5 arrays (B, H, L): [ffn_x, att_x, num, den, max]      (state.py)
@@ -19,6 +20,7 @@ The values mean the same in all three (num and den scaled by e^-max, max = -1e38
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,8 +32,10 @@ from .errors import InputError, ModelFileError
 from .pth import is_torch_zip, read_torch_zip
 from .rwkvcpp import is_rwkvcpp, read_rwkvcpp
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
+from .storage import Int8Weight, prepare_weight
 from .tokenizer import TOKENIZER_FILE
-from .weights import check_finite, check_state_dict, hf_name, load_state_dict, save_pretrained
+from .weights import (SCALE, _Bf16, as_float, check_finite, check_state_dict, expected_shapes,
+                      float32_to_bf16, hf_name, load_state_dict)
 
 PIP_ORDER = (ATT_X, NUM, DEN, MAX, FFN_X)     # rwkv pip: state[5*i + j] is HF's PIP_ORDER[j]
 RWKVCPP_ORDER = (FFN_X, ATT_X, NUM, DEN, MAX)  # rwkv.cpp: the same order as HF's list
@@ -162,6 +166,61 @@ def run_quantize(args) -> int:
     print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}, int8 matrices, {size / 2**20:.2f} MiB")
     return 0
+
+
+def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: dict,
+                    dtype: str | None = None) -> None:
+    """Write config.json and model.safetensors (HF names; HF transformers reads it unless int8).
+
+    dtype: "float32", "float16" or "bfloat16" for every tensor; "int8" quantizes every matrix
+    exactly as storage.prepare_weight does at load (I8 + float32 row scales `name + SCALE`) and
+    keeps the other tensors as they are; None keeps each tensor's own (int8 stays int8).
+    Written by hand (the layout is the one `read_safetensors` parses) because the safetensors
+    package's NumPy writer has no bfloat16."""
+    check_state_dict(tensors, config, "save_pretrained", head=True)
+    if config.tie_word_embeddings:
+        tensors = {n: x for n, x in tensors.items() if n != "head.weight"}
+    matrices = {n for n, shape in expected_shapes(config).items() if len(shape) == 2}
+    out = {}  # name -> (safetensors dtype code, array)
+    for name, x in tensors.items():
+        if dtype == "int8" and name in matrices and not isinstance(x, Int8Weight):
+            x = prepare_weight(as_float(x, np.float32), "int8")
+        if isinstance(x, Int8Weight) and x.col_scale is None and dtype in (None, "int8"):
+            out[name], out[name + SCALE] = ("I8", x.q), ("F32", x.row_scale)
+        else:
+            out[name] = _encoded(x, None if dtype == "int8" else dtype)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    if any(code == "I8" for code, _ in out.values()):
+        header["__metadata__"]["rwkv_np.storage"] = "int8"
+    names = sorted(out, key=lambda n: (-out[n][1].itemsize, n))  # wider items first: each tensor
+    for name in names:                                            # aligned to its size, no holes
+        code, data = out[name]
+        out[name] = data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": code, "shape": list(data.shape),
+                        "data_offsets": [offset, offset + data.nbytes]}
+        offset += data.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
+    file = os.path.join(directory, "model.safetensors")
+    os.makedirs(directory, exist_ok=True)
+    try:  # into a temporary name first, so that a failed write (disk full...) leaves no partial file
+        with open(file + ".partial", "wb") as f:
+            f.write(len(blob).to_bytes(8, "little") + blob)
+            for name in names:
+                f.write(out[name].data)
+        os.replace(file + ".partial", file)
+    finally:
+        if os.path.exists(file + ".partial"):
+            os.remove(file + ".partial")
+    config.save_pretrained(directory)
+
+
+def _encoded(x, dtype: str | None) -> tuple[str, np.ndarray]:  # -> (safetensors dtype code, data)
+    """A tensor as `dtype` ("float32", "float16", "bfloat16"; None: its own float type)."""
+    if dtype == "bfloat16" or (dtype is None and isinstance(x, _Bf16)):
+        return "BF16", x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(as_float(x, np.float32))
+    data = as_float(x, np.dtype(dtype or (np.float32 if isinstance(x, Int8Weight) else x.dtype)))
+    return {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type], data
 
 
 # ---------------------------------------------------------------- states

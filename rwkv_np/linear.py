@@ -28,7 +28,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
 from .errors import InputError
-from .storage import BF16, F16, FLOAT, I8, packed, rows_as_float
+from .storage import F16, FLOAT, packed, rows_as_float
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS

@@ -8,7 +8,7 @@ safetensors layout: 8-byte little-endian header length N, N bytes of JSON
 We parse that header ourselves and view the data through one read-only memory map, because the
 safetensors package's NumPy API copies every tensor into memory and cannot represent BF16.
 
-rwkv_np's int8 files (`save_pretrained(..., dtype="int8")`, `rwkv-np quantize`) hold each matrix
+rwkv_np's int8 files (convert.save_pretrained(..., dtype="int8"), `rwkv-np quantize`) hold each matrix
 as an I8 tensor `name` plus its float32 row scales `name + SCALE` (W[i, j] ~= q[i, j] * scale[i]);
 the reader pairs them into a storage.Int8Weight of two views of the map.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import RwkvConfig
 from .errors import ModelFileError
-from .storage import Int8Weight, prepare_weight
+from .storage import Int8Weight
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I8": np.int8, "U8": np.uint8}
@@ -271,58 +271,3 @@ def _shards(index: str) -> list[str]:
         if os.path.basename(name) != name or not os.path.isfile(file):
             raise ModelFileError(f"{index}: names shard {name!r}, which is not in the directory")
     return files
-
-
-def save_pretrained(directory: str | os.PathLike, config: RwkvConfig, tensors: dict,
-                    dtype: str | None = None) -> None:
-    """Write config.json and model.safetensors (HF names; HF transformers reads it unless int8).
-
-    dtype: "float32", "float16" or "bfloat16" for every tensor; "int8" quantizes every matrix
-    exactly as storage.prepare_weight does at load (I8 + float32 row scales `name + SCALE`) and
-    keeps the other tensors as they are; None keeps each tensor's own (int8 stays int8).
-    Written by hand (the layout is the one `read_safetensors` parses) because the safetensors
-    package's NumPy writer has no bfloat16."""
-    check_state_dict(tensors, config, "save_pretrained", head=True)
-    if config.tie_word_embeddings:
-        tensors = {n: x for n, x in tensors.items() if n != "head.weight"}
-    matrices = {n for n, shape in expected_shapes(config).items() if len(shape) == 2}
-    out = {}  # name -> (safetensors dtype code, array)
-    for name, x in tensors.items():
-        if dtype == "int8" and name in matrices and not isinstance(x, Int8Weight):
-            x = prepare_weight(as_float(x, np.float32), "int8")
-        if isinstance(x, Int8Weight) and x.col_scale is None and dtype in (None, "int8"):
-            out[name], out[name + SCALE] = ("I8", x.q), ("F32", x.row_scale)
-        else:
-            out[name] = _encoded(x, None if dtype == "int8" else dtype)
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    if any(code == "I8" for code, _ in out.values()):
-        header["__metadata__"]["rwkv_np.storage"] = "int8"
-    names = sorted(out, key=lambda n: (-out[n][1].itemsize, n))  # wider items first: each tensor
-    for name in names:                                            # aligned to its size, no holes
-        code, data = out[name]
-        out[name] = data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": code, "shape": list(data.shape),
-                        "data_offsets": [offset, offset + data.nbytes]}
-        offset += data.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
-    file = os.path.join(directory, "model.safetensors")
-    os.makedirs(directory, exist_ok=True)
-    try:  # into a temporary name first, so that a failed write (disk full...) leaves no partial file
-        with open(file + ".partial", "wb") as f:
-            f.write(len(blob).to_bytes(8, "little") + blob)
-            for name in names:
-                f.write(out[name].data)
-        os.replace(file + ".partial", file)
-    finally:
-        if os.path.exists(file + ".partial"):
-            os.remove(file + ".partial")
-    config.save_pretrained(directory)
-
-
-def _encoded(x, dtype: str | None) -> tuple[str, np.ndarray]:  # -> (safetensors dtype code, data)
-    """A tensor as `dtype` ("float32", "float16", "bfloat16"; None: its own float type)."""
-    if dtype == "bfloat16" or (dtype is None and isinstance(x, _Bf16)):
-        return "BF16", x.view(np.ndarray) if isinstance(x, _Bf16) else float32_to_bf16(as_float(x, np.float32))
-    data = as_float(x, np.dtype(dtype or (np.float32 if isinstance(x, Int8Weight) else x.dtype)))
-    return {np.float64: "F64", np.float32: "F32", np.float16: "F16"}[data.dtype.type], data

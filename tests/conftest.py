@@ -53,7 +53,7 @@ def random_state_dict(config, seed: int = 0, scale: float = 0.4) -> dict:
 def tiny_model_dir(tmp_path):
     """A saved random HF-layout model: L=7 (so the default rescale_every=6 acts), H=16, odd I."""
     from rwkv_np import RwkvConfig
-    from rwkv_np.weights import save_pretrained
+    from rwkv_np.convert import save_pretrained
 
     config = RwkvConfig(vocab_size=61, hidden_size=16, num_hidden_layers=7, intermediate_size=37)
     save_pretrained(tmp_path, config, random_state_dict(config))

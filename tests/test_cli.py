@@ -16,7 +16,7 @@ from rwkv_np.generation import TextStream, generate
 from rwkv_np.linear import set_threads
 from rwkv_np.storage import Int8Weight
 from rwkv_np.tokenizer import ByteTokenizer
-from rwkv_np.weights import save_pretrained
+from rwkv_np.convert import save_pretrained
 
 CHAT_STOPS = ["\n\n", "\nUser:"]
 

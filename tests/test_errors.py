@@ -545,7 +545,7 @@ def test_cli_debug_shows_the_traceback(model_dir):
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     """save_pretrained (used by `rwkv-np convert`) writes to a temporary name and renames it:
     a write that fails midway (here: the disk 'fills' after the header) leaves no model file."""
-    from rwkv_np import weights
+    from rwkv_np import convert
     config = RwkvConfig.from_dict(CONFIG)
     real_open = open
 
@@ -565,6 +565,6 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda file, mode="r", *a, **k: DiskFull(real_open(file, mode, *a, **k))
                         if "wb" in mode else real_open(file, mode, *a, **k))
     with pytest.raises(OSError):
-        weights.save_pretrained(tmp_path / "out", config, random_state_dict(config))
+        convert.save_pretrained(tmp_path / "out", config, random_state_dict(config))
     monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -98,7 +98,7 @@ def _mixed_precision() -> bytes:
 
 def _int8() -> bytes:
     """Tiny model in rwkv_np's int8 format (`rwkv-np quantize`): I8 matrices + F32 row scales."""
-    from rwkv_np.weights import save_pretrained
+    from rwkv_np.convert import save_pretrained
     config = RwkvConfig.from_dict(CONFIG)
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(d, config, random_state_dict(config, seed=3), dtype="int8")

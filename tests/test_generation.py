@@ -13,10 +13,10 @@ from safetensors.numpy import load_file
 from conftest import FIXTURES
 from rwkv_np import RwkvConfig, RwkvForCausalLM
 from rwkv_np.errors import InputError, ModelFileError
-from rwkv_np.generation import TextStream, generate, generate_tokens, prefill
+from rwkv_np.generation import TextStream, generate, prefill
 from rwkv_np.state_file import load_state, save_state
 from rwkv_np.tokenizer import Tokenizer
-from rwkv_np.weights import save_pretrained
+from rwkv_np.convert import save_pretrained
 
 HF_GENERATE_FIXTURES = ["tiny", "deep_rescale6", "rescale2_ffn37", "wide_eps_norescale", "tied",
                         "sharded", "fp16", "bf16"]

@@ -130,7 +130,7 @@ def test_bare_model_and_float32_weights_are_memory_mapped(tiny_model_dir):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16bit_files_load_as_their_rounded_values(tmp_path, dtype):
-    from rwkv_np.weights import save_pretrained
+    from rwkv_np.convert import save_pretrained
 
     save_pretrained(tmp_path, CONFIG, WEIGHTS, dtype=dtype)
     sd = load_state_dict(tmp_path)

@@ -19,7 +19,8 @@ from rwkv_np import ModelFileError, RwkvConfig, RwkvForCausalLM, RwkvModel
 from rwkv_np.cli import main
 from rwkv_np.convert import convert, quantize
 from rwkv_np.storage import Int8Weight
-from rwkv_np.weights import expected_shapes, save_pretrained
+from rwkv_np.convert import save_pretrained
+from rwkv_np.weights import expected_shapes
 from test_errors import CONFIG, _CODES, expect, run_cli, safetensors_bytes, safetensors_parts
 
 IDS = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])

@@ -116,7 +116,8 @@ MATRICES = ("att_key", "att_value", "att_receptance", "att_output",
 def random_model_dir(shape: str, directory: str) -> None:
     """Write an HF-layout model of a published shape with random weights in trained ranges."""
     from rwkv_np import RwkvConfig
-    from rwkv_np.weights import expected_shapes, save_pretrained
+    from rwkv_np.convert import save_pretrained
+    from rwkv_np.weights import expected_shapes
     L, H = SHAPES[shape]
     config = RwkvConfig(vocab_size=50277, hidden_size=H, num_hidden_layers=L)
     rng, tensors = np.random.default_rng(0), {}

@@ -349,7 +349,8 @@ def save_model(directory: Path, config: dict, model, dtype: str) -> dict:
     """Write config.json + model.safetensors in `dtype` with rwkv_np's own writer; return the
     tensors as stored, widened to float32 (numpy), read back with rwkv_np's reader."""
     from rwkv_np.config import RwkvConfig
-    from rwkv_np.weights import as_float, load_state_dict, save_pretrained
+    from rwkv_np.convert import save_pretrained
+    from rwkv_np.weights import as_float, load_state_dict
     tensors = {n: p.detach().numpy().astype(np.float32) for n, p in model.state_dict().items()}
     save_pretrained(directory, RwkvConfig.from_dict(config), tensors, dtype=dtype)
     return {n: np.asarray(as_float(t, np.float32)) for n, t in load_state_dict(directory).items()}
