@@ -218,10 +218,11 @@ def _packed_rows(A, widen, x, y, i0, i1, buf):  # A (out, in) packed, x (N, in),
         _dot_rows(buf, x, y, i)
 
 
-@njit(inline="always")
-def _dot_rows(w, x, y, i):  # w (in,) weight row i, x (N, in), y (N, out): y[:, i] = x @ w
-    """Eight rows of x per pass, so each load of w[j] feeds eight multiply-adds (measured ~15%
-    faster than four rows, or two weight rows by four), then four, then one at a time."""
+@njit(fastmath=True)  # a call, not inlined: inlined at its five call sites it cost ~18 s of
+def _dot_rows(w, x, y, i):  # the first run's compile, for the same speed (measured)
+    """y[:, i] = x @ w for w (in,) weight row i, x (N, in), y (N, out). Eight rows of x per pass,
+    so each load of w[j] feeds eight multiply-adds (measured ~15% faster than four rows, or two
+    weight rows by four), then four, then one at a time."""
     n, N = 0, x.shape[0]
     while n + 8 <= N:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
