@@ -180,18 +180,18 @@ def _activations(W, x):
     def impl(W, x):
         N, n = x.shape
         if N != 1 or not rounds:
-            return x, np.empty((0, n), np.int16), np.empty(0, np.float32)
-        levels = np.float32(min(32767, (2 ** 31 - 1) // (127 * max(n, 1))))
+            return x, np.empty((0, n), np.int16), np.empty(0, np.float64)
+        levels = np.float64(min(32767, (2 ** 31 - 1) // (127 * max(n, 1))))
         top, finite = np.float32(0.0), True
         for j in range(n):
             top = max(top, abs(x[0, j]))
             finite &= abs(x[0, j]) < np.inf
         xq = np.zeros((1, n), np.int16)
         if finite and top > 0:
-            inv = levels / top
+            inv = levels / top  # float64, like sx: a subnormal top would overflow float32
             for j in range(n):
                 xq[0, j] = np.int16(np.rint(x[0, j] * inv))
-        sx = np.full(1, top / levels if finite else np.nan, np.float32)  # NaN in, NaN out
+        sx = np.full(1, top / levels if finite else np.nan)  # NaN in, NaN out
         return x, xq, sx
     return impl
 

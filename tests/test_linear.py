@@ -100,6 +100,15 @@ def test_int8_row_sums_cannot_overflow():
     np.testing.assert_allclose(y, -2.5 * n, rtol=1e-6)
 
 
+@pytest.mark.parametrize("size", [1e-39, 1e-20, 1e30])
+def test_int8_rounding_of_tiny_and_huge_activations(size):
+    # A subnormal largest element must not overflow the rounding (levels / max).
+    rng = np.random.default_rng(3)
+    Wp = prepare_weight(random_weight(rng, (30, 40)), "int8")
+    x = (rng.standard_normal((1, 40)) * size).astype(np.float32)
+    assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
+
+
 def test_int8_quantization_uses_the_full_range_of_each_row():
     rng = np.random.default_rng(1)
     W = random_weight(rng, (20, 33))
