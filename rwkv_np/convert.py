@@ -106,10 +106,17 @@ def infer_config(tensors: dict, source: str) -> RwkvConfig:
 
 
 def convert(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None) -> RwkvConfig:
-    """Write `src` (any supported checkpoint) as an HF directory: config.json + model.safetensors."""
+    """Write `src` (any supported checkpoint) as an HF directory: config.json + model.safetensors
+    (+ the tokenizer.json of a source directory, so that the result generates text)."""
     config, tensors = load_checkpoint(src)
     save_pretrained(out_dir, config, tensors, dtype)
+    _copy_tokenizer(src, out_dir)
     return config
+
+
+def _copy_tokenizer(src, out_dir) -> None:
+    if os.path.isfile(os.path.join(src, TOKENIZER_FILE)):
+        shutil.copyfile(os.path.join(src, TOKENIZER_FILE), os.path.join(out_dir, TOKENIZER_FILE))
 
 
 def add_convert(subparsers, **parser_kwargs) -> None:
@@ -142,8 +149,7 @@ def quantize(src: str | os.PathLike, out_dir: str | os.PathLike) -> RwkvConfig:
     config, tensors = load_checkpoint(src)
     check_finite(tensors, os.fspath(src))  # a NaN would quantize to NaN row scales
     save_pretrained(out_dir, config, tensors, "int8")
-    if os.path.isfile(os.path.join(src, TOKENIZER_FILE)):  # so that the result generates text
-        shutil.copyfile(os.path.join(src, TOKENIZER_FILE), os.path.join(out_dir, TOKENIZER_FILE))
+    _copy_tokenizer(src, out_dir)
     return config
 
 

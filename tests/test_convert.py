@@ -5,11 +5,13 @@ References: rwkv.cpp's expected logits (../shared/data/rwkvcpp) for its converte
 `rwkv` pip package itself (skipped when absent) continuing a state rwkv_np made.
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import FIXTURES
+import rwkv_np
 from rwkv_np import InputError, RwkvForCausalLM
 from rwkv_np.convert import (convert, hf_to_rwkv_pip, hf_to_rwkvcpp, load_checkpoint, rwkv_pip_to_hf,
                              rwkvcpp_to_hf)
@@ -107,6 +109,17 @@ def test_convert_keeps_values_of_an_hf_directory(tmp_path):
     assert sorted(a) == sorted(b)
     for name in a:
         np.testing.assert_array_equal(as_float(a[name], np.float32), as_float(b[name], np.float32))
+
+
+def test_convert_keeps_the_tokenizer_of_a_directory(tmp_path):
+    # The demo model ships without one; a stand-in file shows that it travels with the weights.
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (src / f).write_bytes((Path(rwkv_np.DEMO_MODEL) / f).read_bytes())
+    (src / "tokenizer.json").write_text('{"stand-in": true}')
+    convert(src, tmp_path / "out", "float32")
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"stand-in": true}'
 
 
 def test_cli_convert(tmp_path, capsys):
