@@ -12,7 +12,9 @@ Rows: float32 storage against the float64 model (the floor: float32 arithmetic i
 float16, bfloat16 and int8 storage against float32 storage. The demo model is F16 on disk, so
 "float16" keeps exactly the stored values: any difference from float32 storage comes from the
 order of accumulation, not from the weights. bfloat16 keeps 8 significant bits of each weight
-(F16 has 11); int8 keeps 255 levels per row (scale max|W[i]| / 127).
+(F16 has 11); int8 keeps 255 levels per row (scale max|W[i]| / 127). A last row, "int8 decode",
+runs the first two windows token by token (B = 1), where int8 also rounds the activations to
+int16 (linear.activations), against float32 decoded the same way.
 """
 import argparse
 import json
