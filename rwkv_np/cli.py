@@ -21,6 +21,7 @@ import os
 import sys
 
 from .errors import InputError, RwkvError
+from .storage import STORAGES
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
 
@@ -47,7 +48,7 @@ def model_options() -> argparse.ArgumentParser:
                         " tokenizer.json (none for byte models); the default is the demo model in"
                         " rwkv_np/assets/")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
-    p.add_argument("--weights", choices=["float32", "float16", "bfloat16", "int8"], default=None,
+    p.add_argument("--weights", choices=[s for s in STORAGES if s != "float64"], default=None,
                    help="how matrices are kept in memory (default: as in the file); 16-bit and int8"
                         " read half / a quarter of the bytes per token")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="threads to use (default: all cores)")

@@ -19,8 +19,6 @@ FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind
 NO_SCALE = np.ones(0, np.float32)
 
 
-
-
 class Bf16Weight:
     """A bfloat16 matrix kept as its raw bits: `bits` (out, in) uint16, value = bits << 16."""
     storage = "bfloat16"
