@@ -68,6 +68,13 @@ def _rows(job, rows):  # the rows of block `job`
     return job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, rows)
 
 
+@njit(inline="always")
+def _keep(last, l, xn):  # last (B, H, L) <- xn (B, 1, H) in column l: the token shift's memory
+    for b in range(xn.shape[0]):  # (a loop: a slice assignment compiles Numba's error message
+        for j in range(xn.shape[2]):  # for a shape mismatch, ~3 s of the first run)
+            last[b, j, l] = xn[b, 0, j]
+
+
 @njit(parallel=True, cache=True, error_model="numpy")  # no zero checks on divisions (see wkv.py)
 def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     """One layer for B tokens. x (B, H) float32, updated in place; state: the five (B, ., L)
@@ -87,7 +94,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     xa, mixed = norm_and_mix(x.reshape(B, 1, H), np.ascontiguousarray(state[ATT_X][:, :, l]),
                              ln1_w, ln1_b, eps, np.stack((mix_k, mix_v, mix_r)))
     xk, xv, xr = activations(Wk, mixed[0]), activations(Wv, mixed[1]), activations(Wr, mixed[2])
-    state[ATT_X][:, :, l] = xa[:, 0]
+    _keep(state[ATT_X], l, xa)
     k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
     rw = np.empty((B, A), f32)
     for job in prange(_jobs(A)):  # channels c0:c1 of k, v, r, then their WKV step
@@ -123,7 +130,7 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     xf, mixed = norm_and_mix(x.reshape(B, 1, H), np.ascontiguousarray(state[FFN_X][:, :, l]),
                              ln2_w, ln2_b, eps, np.stack((fmix_k, fmix_r)))
     fk, fr = activations(Fk, mixed[0]), activations(Fr, mixed[1])
-    state[FFN_X][:, :, l] = xf[:, 0]
+    _keep(state[FFN_X], l, xf)
     key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
     n = _jobs(I)
     for job in prange(n + _jobs(H)):

@@ -23,66 +23,16 @@ import os
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.core.extending import intrinsic, overload
+from numba.core.extending import overload
 
 from .errors import InputError
-from .storage import F16, FLOAT, packed, rows_as_float
+from .storage import (F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed,
+                      rows_as_float)
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
 _BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
-
-
-# ---------------------------------------------------------------- element widening (in registers)
-
-@intrinsic
-def _f16_to_f32(typingctx, bits):
-    """float16 bits (uint16) -> float32: LLVM's fpext, i.e. vcvtph2ps on x86 (F16C)."""
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-    return types.float32(types.uint16), codegen
-
-
-@intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret uint32 bits as float32 (a no-op bitcast, so the loop still vectorizes)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.uint32), codegen
-
-
-# One widening function per storage, passed to the loops below (Numba compiles a copy of the
-# loop for each, so the conversion is inlined and vectorized).
-@njit(inline="always")
-def _as_is(v):  # float32 / float64 storage
-    return v
-
-
-@njit(inline="always")
-def _f16(bits):  # uint16 float16 bits -> float32
-    return _f16_to_f32(bits)
-
-
-@njit(inline="always")
-def _bf16(bits):  # uint16 -> float32: bfloat16 is the upper half of a float32
-    return _bits_to_f32(np.uint32(bits) << np.uint32(16))
-
-
-@njit(inline="always")
-def _bf16_lo(pair):  # uint32 holding two bfloat16 -> the first (low half) as float32
-    return _bits_to_f32(pair << np.uint32(16))
-
-
-@njit(inline="always")
-def _bf16_hi(pair):  # -> the second (high half) as float32
-    return _bits_to_f32(pair & np.uint32(0xFFFF0000))
-
-
-@njit(inline="always")
-def _i8(q):  # int8 -> float32 (the row scale is applied to the finished dot product)
-    return np.float32(q)
 
 
 # ---------------------------------------------------------------- decode: N <= SMALL_N rows of x
@@ -97,57 +47,63 @@ def project(W, x, y, i0, i1, buf):  # W (array (out, in), kind, row_scale), x (N
     float32 scratch for a widened row."""
 
 
-@overload(project, jit_options={"fastmath": True}, inline="never")
+@overload(project, inline="always")
 def _project(W, x, y, i0, i1, buf):
+    # Each storage's loops are a jitted function of their own, compiled once per process and
+    # shared by every caller. Written out here, they were compiled again for each parallel
+    # loop that calls `project` (five times for the demo model: ~5 s of the first run).
     dtype = W.types[0].dtype
     if isinstance(dtype, types.Float):
-        def impl(W, x, y, i0, i1, buf):
-            A = W[0]
-            if x.shape[0] == 1:
-                _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
-            else:  # no widening: the rows are used where they are
-                for i in range(i0, i1):
-                    _dot_rows(A[i], x, y, i)
-        return impl
+        return lambda W, x, y, i0, i1, buf: _rows_float(W[0], x, y, i0, i1)
     if dtype == types.uint16:
-        def impl(W, x, y, i0, i1, buf):
-            if W[1] == F16:
-                _packed_rows(W[0], _f16, x, y, i0, i1, buf)
-            else:
-                _packed_rows(W[0], _bf16, x, y, i0, i1, buf)
-        return impl
-    if dtype == types.uint32:  # bfloat16 in pairs: column 2j in the low half, 2j + 1 in the high
-        def impl(W, x, y, i0, i1, buf):
-            A = W[0]
-            if x.shape[0] > 1:
-                for i in range(i0, i1):
-                    for j in range(A.shape[1]):
-                        buf[2 * j], buf[2 * j + 1] = _bf16_lo(A[i, j]), _bf16_hi(A[i, j])
-                    _dot_rows(buf, x, y, i)
-                return
-            # N == 1: x's even and odd columns apart, so that both halves of a 32-bit load are
-            # used with plain vertical operations (a shift, a mask), no zero-extending shuffles:
-            # measured 15% faster on the 169M head than widening 16-bit elements one by one.
-            xs = np.empty((2, A.shape[1]), x.dtype)
+        return lambda W, x, y, i0, i1, buf: _rows_halves(W[0], W[1] == F16, x, y, i0, i1, buf)
+    if dtype == types.uint32:  # x as `activations` made it: (x, xs)
+        return lambda W, x, y, i0, i1, buf: _rows_pairs(W[0], x[0], x[1], y, i0, i1, buf)
+    if dtype == types.int8:  # x as `activations` made it: (x, xq, sx)
+        return lambda W, x, y, i0, i1, buf: _rows_int8(W[0], W[2], x, y, i0, i1, buf)
+
+
+@njit(fastmath=True)
+def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
+    if x.shape[0] == 1:
+        _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
+    else:  # no widening: the rows are used where they are
+        for i in range(i0, i1):
+            _dot_rows(A[i], x, y, i)
+
+
+@njit(fastmath=True)
+def _rows_halves(A, f16, x, y, i0, i1, buf):  # A (out, in) uint16: float16 or bfloat16 bits
+    if f16:
+        _packed_rows(A, _f16, x, y, i0, i1, buf)
+    else:
+        _packed_rows(A, _bf16, x, y, i0, i1, buf)
+
+
+@njit(fastmath=True)
+def _rows_pairs(A, x, xs, y, i0, i1, buf):  # A (out, in/2) uint32: bfloat16 in pairs
+    if x.shape[0] > 1:
+        for i in range(i0, i1):
             for j in range(A.shape[1]):
-                xs[0, j], xs[1, j] = x[0, 2 * j], x[0, 2 * j + 1]
-            for i in range(i0, i1):
-                acc = np.float32(0.0)
-                for j in range(A.shape[1]):
-                    acc += _bf16_lo(A[i, j]) * xs[0, j] + _bf16_hi(A[i, j]) * xs[1, j]
-                y[0, i] = acc
-        return impl
-    if dtype == types.int8:  # x comes as `activations` made it: (x, xq, sx)
-        def impl(W, x, y, i0, i1, buf):
-            scale = W[2]
-            if x[1].shape[0] == 1:
-                _int8_rows(W[0], scale, x[1][0], x[2][0], y[0], i0, i1)
-                return
-            _packed_rows(W[0], _i8, x[0], y, i0, i1, buf)
-            for n in range(x[0].shape[0]):
-                for i in range(i0, i1):
-                    y[n, i] *= scale[i]
-        return impl
+                buf[2 * j], buf[2 * j + 1] = _bf16_lo(A[i, j]), _bf16_hi(A[i, j])
+            _dot_rows(buf, x, y, i)
+        return
+    for i in range(i0, i1):
+        acc = np.float32(0.0)
+        for j in range(A.shape[1]):
+            acc += _bf16_lo(A[i, j]) * xs[0, j] + _bf16_hi(A[i, j]) * xs[1, j]
+        y[0, i] = acc
+
+
+@njit(fastmath=True)
+def _rows_int8(Q, scale, x, y, i0, i1, buf):  # Q (out, in) int8, x = (x, xq, sx)
+    if x[1].shape[0] == 1:
+        _int8_rows(Q, scale, x[1][0], x[2][0], y[0], i0, i1)
+        return
+    _packed_rows(Q, _i8, x[0], y, i0, i1, buf)
+    for n in range(x[0].shape[0]):
+        for i in range(i0, i1):
+            y[n, i] *= scale[i]
 
 
 @njit(inline="always")
@@ -164,15 +120,31 @@ def _matvec_rows(A, widen, x, y, i0, i1):  # A (out, in), x (in,), y (out,): y[i
 
 
 def activations(W, x):  # x (N, in) -> what `project` takes as x for the weight W
-    """x itself, except for int8 weights: (x, xq, sx). For one float32 row, x ~= xq * sx with
-    xq (1, in) int16, so that the int8 kernel multiplies integers (vpmaddwd: on a Zen 1 core
-    1.5-2x the weights per second of widening int8 to float32, which bounded it). The levels
-    are capped so that no int32 row sum can overflow: |xq| <= (2**31 - 1) // (127 * in), e.g.
-    22017 for in = 768, 5504 for 3072. Batches and float64 keep float arithmetic (xq empty)."""
+    """x itself, except for two storages, where one row of x is prepared once for all the rows
+    of W (for bfloat16 that measured 3% faster than once per block of rows):
+    - bfloat16 in pairs: (x, xs), xs (2, in/2) the even and odd columns of x apart, so that both
+      halves of a 32-bit load of W are used with plain vertical operations (a shift, a mask), no
+      zero-extending shuffles: 15% faster on the 169M head than widening elements one by one.
+    - int8: (x, xq, sx). For a float32 row, x ~= xq * sx with xq (1, in) int16, so that the int8
+      kernel multiplies integers (vpmaddwd: on a Zen 1 core 1.5-2x the weights per second of
+      widening int8 to float32, which bounded it). The levels are capped so that no int32 row
+      sum can overflow: |xq| <= (2**31 - 1) // (127 * in), e.g. 22017 for in = 768, 5504 for
+      3072. float64 rows keep float arithmetic (xq empty).
+    Batches (N > 1) keep float arithmetic (xs, xq empty)."""
 
 
 @overload(activations, inline="never")
 def _activations(W, x):
+    if W.types[0].dtype == types.uint32:
+        def split(W, x):
+            N, n = x.shape
+            if N != 1:
+                return x, np.empty((2, 0), x.dtype)
+            xs = np.empty((2, n // 2), x.dtype)
+            for j in range(n // 2):
+                xs[0, j], xs[1, j] = x[0, 2 * j], x[0, 2 * j + 1]
+            return x, xs
+        return split
     if W.types[0].dtype != types.int8:
         return lambda W, x: x
     rounds = x.dtype == types.float32

@@ -7,9 +7,13 @@
   "int8"                 Int8Weight: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j]
 
 The kernels of linear.py take any of them in one form, `packed(W)`: a tuple (array, kind,
-row_scale) that Numba compiles a version of per array dtype.
+row_scale) that Numba compiles a version of per array dtype, and widen elements to float32 in
+registers with the functions at the end of this file.
 """
 import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core.extending import intrinsic
 
 from .errors import InputError
 
@@ -141,3 +145,53 @@ def embedding_rows(E, ids, dtype=np.float32) -> np.ndarray:  # E stored (V, H), 
         rows = E.q[ids].astype(dtype) * E.row_scale[ids, None]
         return rows if E.col_scale is None else rows * E.col_scale
     return np.asarray(E[ids], dtype=dtype)
+
+
+# ---------------------------------------------------------------- element widening (in registers)
+
+@intrinsic
+def _f16_to_f32(typingctx, bits):
+    """float16 bits (uint16) -> float32: LLVM's fpext, i.e. vcvtph2ps on x86 (F16C)."""
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _bits_to_f32(typingctx, bits):
+    """Reinterpret uint32 bits as float32 (a no-op bitcast, so the loop still vectorizes)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+# One widening function per storage, passed to the loops of linear.py (Numba compiles a copy
+# of the loop for each, so the conversion is inlined and vectorized).
+@njit(inline="always")
+def _as_is(v):  # float32 / float64 storage
+    return v
+
+
+@njit(inline="always")
+def _f16(bits):  # uint16 float16 bits -> float32
+    return _f16_to_f32(bits)
+
+
+@njit(inline="always")
+def _bf16(bits):  # uint16 -> float32: bfloat16 is the upper half of a float32
+    return _bits_to_f32(np.uint32(bits) << np.uint32(16))
+
+
+@njit(inline="always")
+def _bf16_lo(pair):  # uint32 holding two bfloat16 -> the first (low half) as float32
+    return _bits_to_f32(pair << np.uint32(16))
+
+
+@njit(inline="always")
+def _bf16_hi(pair):  # -> the second (high half) as float32
+    return _bits_to_f32(pair & np.uint32(0xFFFF0000))
+
+
+@njit(inline="always")
+def _i8(q):  # int8 -> float32 (the row scale is applied to the finished dot product)
+    return np.float32(q)

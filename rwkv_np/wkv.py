@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba.core.extending import overload
 
-from .linear import _bits_to_f32
+from .storage import _bits_to_f32
 
 EMPTY_MAX = -1e38  # p of an empty state: e^p is exactly 0 in float32 and float64
 
@@ -172,7 +172,8 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
                 aa[c] = e1 * aa[c] + e2 * vt[c]
                 bb[c] = e1 * bb[c] + e2
                 pp[c] = max(pw, kt[c])
-        a[bi, c0:c1], b[bi, c0:c1], p[bi, c0:c1] = aa, bb, pp
+        for c in range(c1 - c0):  # a loop, not a slice assignment: that one compiles Numba's
+            a[bi, c0 + c], b[bi, c0 + c], p[bi, c0 + c] = aa[c], bb[c], pp[c]  # message, ~3 s
 
 
 # Two compilations of the same loop: threads pay off only when there is enough work per call
