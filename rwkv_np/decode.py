@@ -180,6 +180,7 @@ def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 ar
     """Run x through every layer (`layers`: layer_args of each block), updating state in place."""
     x = np.ascontiguousarray(x, np.float32)
     state = tuple(state)
+    eps = float(eps)  # float64, as prompts pass it: norm_and_mix is compiled once for both
     for l, (vec, att, ffn, scale, halve) in enumerate(layers):
-        _layer(x, state, l, vec, att, ffn, scale, halve, np.float32(eps))
+        _layer(x, state, l, vec, att, ffn, scale, halve, eps)
     return x

@@ -82,6 +82,7 @@ def _rows_halves(A, f16, x, y, i0, i1, buf):  # A (out, in) uint16: float16 or b
 
 @njit(fastmath=True)
 def _rows_pairs(A, x, xs, y, i0, i1, buf):  # A (out, in/2) uint32: bfloat16 in pairs
+    # (column 2j in the low half, 2j + 1 in the high); xs: x's even and odd columns apart
     if x.shape[0] > 1:
         for i in range(i0, i1):
             for j in range(A.shape[1]):
