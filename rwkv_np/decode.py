@@ -70,8 +70,10 @@ def _rows(job, rows):  # the rows of block `job`
 
 @njit(inline="always")
 def _keep(last, l, xn):  # last (B, H, L) <- xn (B, 1, H) in column l: the token shift's memory
-    for b in range(xn.shape[0]):  # (a loop: a slice assignment compiles Numba's error message
-        for j in range(xn.shape[2]):  # for a shape mismatch, ~3 s of the first run)
+    """A loop: a slice assignment would compile Numba's message for a shape mismatch (string
+    formatting: ~3 s of the first run)."""
+    for b in range(xn.shape[0]):
+        for j in range(xn.shape[2]):
             last[b, j, l] = xn[b, 0, j]
 
 

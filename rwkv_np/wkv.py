@@ -172,8 +172,10 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
                 aa[c] = e1 * aa[c] + e2 * vt[c]
                 bb[c] = e1 * bb[c] + e2
                 pp[c] = max(pw, kt[c])
-        for c in range(c1 - c0):  # a loop, not a slice assignment: that one compiles Numba's
-            a[bi, c0 + c], b[bi, c0 + c], p[bi, c0 + c] = aa[c], bb[c], pp[c]  # message, ~3 s
+        # Written back by a loop: a slice assignment would compile Numba's message for a shape
+        # mismatch (string formatting: ~3 s of the first run).
+        for c in range(c1 - c0):
+            a[bi, c0 + c], b[bi, c0 + c], p[bi, c0 + c] = aa[c], bb[c], pp[c]
 
 
 # Two compilations of the same loop: threads pay off only when there is enough work per call
