@@ -37,25 +37,6 @@ SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it be
 _BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
 
 
-@intrinsic
-def _prefetch(typingctx, A, i, j):  # A (rows, cols) C-contiguous
-    """Ask the cache for the line holding A[i, j] (llvm.prefetch: x86 prefetcht0). A hint
-    only: it never faults and changes no result."""
-    def codegen(context, builder, signature, args):
-        A, i, j = args
-        ary = context.make_array(signature.args[0])(context, builder, A)
-        flat = builder.add(builder.mul(i, builder.extract_value(ary.shape, 1)), j)
-        ptr = builder.bitcast(builder.gep(ary.data, [flat]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
-            "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in every level, data
-        return context.get_dummy_value()
-    if isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C":
-        return types.void(A, types.intp, types.intp), codegen
-
-
 # ---------------------------------------------------------------- decode: N <= SMALL_N rows of x
 # `project` computes some rows of y = x @ W.T for a weight in any storage. It is the one kernel
 # of token mode: `linear` runs it over all rows, split between the cores, and decode.py runs it
@@ -188,6 +169,25 @@ def _activations(W, x):
         sx = np.full(1, top / levels if finite else np.nan)  # NaN in, NaN out
         return x, xq, sx
     return impl
+
+
+@intrinsic
+def _prefetch(typingctx, A, i, j):  # A (rows, cols) C-contiguous
+    """Ask the cache for the line holding A[i, j] (llvm.prefetch: x86 prefetcht0). A hint
+    only: it never faults and changes no result."""
+    def codegen(context, builder, signature, args):
+        A, i, j = args
+        ary = context.make_array(signature.args[0])(context, builder, A)
+        flat = builder.add(builder.mul(i, builder.extract_value(ary.shape, 1)), j)
+        ptr = builder.bitcast(builder.gep(ary.data, [flat]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in every level, data
+        return context.get_dummy_value()
+    if isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C":
+        return types.void(A, types.intp, types.intp), codegen
 
 
 @njit(inline="always")
