@@ -95,7 +95,7 @@ def unescape(text: str) -> str:
 
 def load(args):
     """(model, tokenizer) of --model."""
-    from .linear import set_threads
+    from .threads import set_threads
     from .model import RwkvForCausalLM
     from .tokenizer import Tokenizer
 

@@ -18,9 +18,6 @@ Weights come in any storage of storage.py, as `packed` tuples.
 Dot products use fastmath (they reassociate the sum so it vectorizes); nothing here relies on
 -inf / -1e38 sentinels, so that is safe. Numba's np.dot would need scipy: kernels are plain loops.
 """
-import ctypes
-import os
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -304,40 +301,3 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
     if N > 0:
         _project_all(Wt, x, y, 16 * numba.get_num_threads())
     return y
-
-
-# ---------------------------------------------------------------- threads
-
-def _openblas_setters():  # the set_num_threads functions of every OpenBLAS loaded in this process
-    found = []
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return found
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                found.append(getattr(lib, name))
-                break
-    return found
-
-
-def set_threads(n: int | None = None) -> int:
-    """Use n threads (None: all cores) in the Numba kernels and in numpy's OpenBLAS.
-
-    Returns the number set. Numba cannot go above the NUMBA_NUM_THREADS it started with.
-    """
-    n = os.cpu_count() or 1 if n is None else int(n)
-    if n < 1:
-        raise InputError(f"threads must be >= 1, got {n}")
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
-    for setter in _openblas_setters():
-        setter(n)
-    return n

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from rwkv_np import linear as lin
+from rwkv_np import linear as lin, set_threads
 from rwkv_np.errors import InputError
-from rwkv_np.linear import linear, set_threads
+from rwkv_np.linear import linear
 from rwkv_np.storage import Bf16Weight, Int8Weight, dequantize, embedding_rows, prepare_weight
 
 STORAGES = ["float32", "float64", "float16", "bfloat16", "int8", "int8+cols"]

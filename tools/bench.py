@@ -27,7 +27,8 @@ from numba import njit, prange
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 PEER_GOMP = os.environ.get("GOMP_SPINCOUNT")  # as given, before rwkv_np sets its own default
-from rwkv_np.linear import linear, set_threads  # noqa: E402
+from rwkv_np import set_threads  # noqa: E402
+from rwkv_np.linear import linear  # noqa: E402
 from rwkv_np.convert import convert, quantize  # noqa: E402
 from rwkv_np.storage import STORAGES, prepare_weight  # noqa: E402
 
