@@ -22,7 +22,7 @@ from .errors import InputError
 from .linear import SMALL_N, linear
 from .storage import STORAGES, Bf16Weight, Int8Weight, embedding_rows, prepare_weight
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
-from .weights import as_float, check_finite, check_state_dict, is_bf16, load_state_dict
+from .weights import as_float, is_bf16, load_pretrained
 from .wkv import wkv_forward
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -282,25 +282,6 @@ class RwkvForCausalLM:
         return RwkvCausalLMOutput(loss=loss, logits=logits, state=out.state,
                                   hidden_states=out.hidden_states, attentions=out.attentions,
                                   feed_forward=out.feed_forward)
-
-
-def load_pretrained(path, head: bool, allow_nonfinite: bool = False) -> tuple[RwkvConfig, dict]:
-    """Config and checked state dict of a model directory or checkpoint file; `head` False for a
-    bare RwkvModel."""
-    if os.path.isdir(path):
-        config = RwkvConfig.from_pretrained(path)
-        tensors = load_state_dict(path)
-    else:
-        from .convert import load_checkpoint  # .pth, pytorch_model.bin, rwkv.cpp .bin, .safetensors
-        config, tensors = load_checkpoint(path)
-    if config.tie_word_embeddings and "rwkv.embeddings.weight" in tensors:
-        tensors.setdefault("head.weight", tensors["rwkv.embeddings.weight"])
-    if not head:
-        tensors.pop("head.weight", None)
-    check_state_dict(tensors, config, os.fspath(path), head=head)
-    if not allow_nonfinite:
-        check_finite(tensors, os.fspath(path))
-    return config, tensors
 
 
 def cross_entropy(logits, labels) -> float:  # logits (B, T, V), labels (B, T)

@@ -271,3 +271,22 @@ def _shards(index: str) -> list[str]:
         if os.path.basename(name) != name or not os.path.isfile(file):
             raise ModelFileError(f"{index}: names shard {name!r}, which is not in the directory")
     return files
+
+
+def load_pretrained(path, head: bool, allow_nonfinite: bool = False) -> tuple[RwkvConfig, dict]:
+    """Config and checked state dict of a model directory or checkpoint file; `head` False for a
+    bare RwkvModel."""
+    if os.path.isdir(path):
+        config = RwkvConfig.from_pretrained(path)
+        tensors = load_state_dict(path)
+    else:
+        from .convert import load_checkpoint  # .pth, pytorch_model.bin, rwkv.cpp .bin, .safetensors
+        config, tensors = load_checkpoint(path)
+    if config.tie_word_embeddings and "rwkv.embeddings.weight" in tensors:
+        tensors.setdefault("head.weight", tensors["rwkv.embeddings.weight"])
+    if not head:
+        tensors.pop("head.weight", None)
+    check_state_dict(tensors, config, os.fspath(path), head=head)
+    if not allow_nonfinite:
+        check_finite(tensors, os.fspath(path))
+    return config, tensors
