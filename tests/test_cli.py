@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, random_state_dict
-from rwkv_np import RwkvConfig, RwkvForCausalLM
+from rwkv_np import RwkvConfig, RwkvForCausalLM, set_threads
 from rwkv_np.cli import build_parser, main
 from rwkv_np.generation import TextStream, generate
-from rwkv_np import set_threads
 from rwkv_np.storage import Int8Weight
 from rwkv_np.tokenizer import ByteTokenizer
 from rwkv_np.convert import save_pretrained
