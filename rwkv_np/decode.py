@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .linear import activations, project
+from .linear import SERIAL_BELOW, activations, project
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
 from .storage import packed
 from .wkv import step_scales
@@ -77,13 +77,15 @@ def _keep(last, l, xn):  # last (B, H, L) <- xn (B, 1, H) in column l: the token
             last[b, j, l] = xn[b, 0, j]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")  # no zero checks on divisions (see wkv.py)
+@njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions (wkv.py)
 def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     """One layer for B tokens. x (B, H) float32, updated in place; state: the five (B, ., L)
     arrays of state.py, column l updated in place; vec: the layer's vectors (see `layer_args`);
     att_w: (key, value, receptance, output) and ffn_w: (key, receptance, value) weight tuples.
-    Each parallel job owns a block of rows of one phase and finishes the elementwise work on
-    them, so the only serial code is the two layer norms."""
+    Each job owns a block of rows of one phase and finishes the elementwise work on them, so
+    the only serial code is the two layer norms. Called from Python, one core runs the jobs in
+    turn (for small models, see linear.SERIAL_BELOW); inlined into `_layer_parallel`, every
+    prange below is a parallel loop."""
     ln1_w, ln1_b, mix_k, mix_v, mix_r, decay, first, ln2_w, ln2_b, fmix_k, fmix_r = vec
     Wk, Wv, Wr, Wo = att_w
     Fk, Fr, Fv = ffn_w
@@ -161,6 +163,11 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
                     x[b, j] /= 2
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def _layer_parallel(x, state, l, vec, att_w, ffn_w, scale, halve, eps):  # _layer over the cores
+    _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps)
+
+
 def layer_args(blk):
     """The arguments `_layer` takes for a model.Block, or None when a weight has column scales
     (int8 with col_scales=True), which only model.run_block handles."""
@@ -184,5 +191,7 @@ def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 ar
     state = tuple(state)
     eps = float(eps)  # float64, as prompts pass it: norm_and_mix is compiled once for both
     for l, (vec, att, ffn, scale, halve) in enumerate(layers):
-        _layer(x, state, l, vec, att, ffn, scale, halve, eps)
+        ffn_key = ffn[0][0]  # (I, H): the layer's largest product
+        step = _layer if ffn_key.shape[0] * x.shape[1] < SERIAL_BELOW else _layer_parallel
+        step(x, state, l, vec, att, ffn, scale, halve, eps)
     return x

@@ -31,6 +31,10 @@ from .storage import (F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, 
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
+SERIAL_BELOW = 1 << 17  # products with fewer weights than this (the demo model's: <= 512 x 128)
+# run on one core, here and in decode.py: the parallel builds cost ~10 s more to compile on first
+# use (the README's main job with an empty cache: 26 -> 16 s), and at this size the second core
+# saves ~20 us per layer of a token. Same bits either way: each row is one dot product.
 _BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
 
 
@@ -257,14 +261,21 @@ def _dot_rows(w, x, y, i):  # the first run's compile, for the same speed (measu
         n += 1
 
 
-@njit(parallel=True, cache=True)
-def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of rows over the cores
+@njit(cache=True, inline="always")
+def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of rows
+    """Called from Python, one core runs the blocks in turn (prange is range); inlined into
+    `_project_all_parallel`, the prange becomes a parallel loop: one body, two builds."""
     out = W[0].shape[0]
     nb = min(out, blocks)
     xa = activations(W, x)
     for b in prange(nb):
         buf = np.empty(x.shape[1], np.float32)
         project(W, xa, y, b * out // nb, (b + 1) * out // nb, buf)
+
+
+@njit(parallel=True, cache=True)
+def _project_all_parallel(W, x, y, blocks):  # _project_all with the blocks split over the cores
+    _project_all(W, x, y, blocks)
 
 
 # ---------------------------------------------------------------- prefill: N > SMALL_N, BLAS
@@ -299,5 +310,6 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
         return _gemm_packed(x, Wt)
     y = np.empty((N, W.shape[0]), x.dtype)
     if N > 0:
-        _project_all(Wt, x, y, 16 * numba.get_num_threads())
+        run = _project_all if W.shape[0] * W.shape[1] < SERIAL_BELOW else _project_all_parallel
+        run(Wt, x, y, 16 * numba.get_num_threads())
     return y

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import random_state_dict
 
-from rwkv_np import RwkvConfig, RwkvForCausalLM, reference
+from rwkv_np import RwkvConfig, RwkvForCausalLM, decode, reference
 from rwkv_np.storage import dequantize, prepare_weight
 
 # Odd sizes so that no loop divides evenly; rescale_every=2 exercises HF's halving.
@@ -43,6 +43,22 @@ def test_token_steps_match_reference(storage, B):
     assert rel_err(np.concatenate(logits, 1), ref["logits"]) < tol
     for got, want in zip(state, ref["state"]):
         assert rel_err(got, want) < tol
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("B", [1, 8])
+def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
+    """A model this small runs its layers on one core (linear.SERIAL_BELOW), the build checked
+    above. Larger models run the parallel build of the same body: it must give the same bits."""
+    model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
+    ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 4))
+    state = model(ids[:, :3]).state
+    serial = model(ids[:, 3:], state=[s.copy() for s in state])
+    monkeypatch.setattr(decode, "SERIAL_BELOW", 0)
+    parallel = model(ids[:, 3:], state=[s.copy() for s in state])
+    np.testing.assert_array_equal(parallel.logits, serial.logits)
+    for got, want in zip(parallel.state, serial.state):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_token_mode_equals_sequence_path():
