@@ -151,6 +151,7 @@ def step_scales(x, y):  # -> (e^(x-q), e^(y-q)), q = max(x, y): one of them is e
 _BLOCK = 64  # channels per parallel work item: contiguous, so the inner loop vectorizes
 
 
+@numba.njit(cache=True, error_model="numpy", inline="always")  # error_model: see below
 def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a, b, p (B, C)
     B, T, C = k.shape
     nblocks = (C + _BLOCK - 1) // _BLOCK
@@ -178,13 +179,18 @@ def _wkv_kernel(w, u, k, v, a, b, p, out):  # w, u (C,)  k, v, out (B, T, C)  a,
             a[bi, c0 + c], b[bi, c0 + c], p[bi, c0 + c] = aa[c], bb[c], pp[c]
 
 
-# Two compilations of the same loop: threads pay off only when there is enough work per call
-# (a prompt); a decode step's few hundred channels run faster on one core, and on a loaded
-# machine waking idle threads for them costs milliseconds.
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _wkv_kernel_parallel(w, u, k, v, a, b, p, out):  # _wkv_kernel with the blocks over the cores
+    _wkv_kernel(w, u, k, v, a, b, p, out)
+
+
+# Two builds of the same loop: called from Python, `_wkv_kernel` runs on one core (prange is
+# range); inlined into `_wkv_kernel_parallel`, the prange is a parallel loop. Threads pay off only
+# when there is enough work per call (a prompt); a few hundred channels run faster on one core,
+# and on a loaded machine waking idle threads for them costs milliseconds. Two functions, not
+# two njit() of one: Numba's cache is keyed by the function, so those served one build for both.
 # error_model="numpy": a float division needs no zero check (Python's rules would raise), which
 # lets the loop over channels vectorize; the denominators here are >= 1 anyway.
-_wkv_threads = numba.njit(parallel=True, cache=True, error_model="numpy")(_wkv_kernel)
-_wkv_serial = numba.njit(cache=True, error_model="numpy")(_wkv_kernel)
 PARALLEL_MIN_WORK = 1 << 16  # B * T * C steps
 
 
@@ -199,7 +205,7 @@ def wkv_forward(w, u, k, v, state=None):
     else:
         a, b, p = (np.array(s, dtype, order="C") for s in state)  # copies: updated in place below
     out = np.empty((B, T, C), dtype)
-    kernel = _wkv_threads if B * T * C >= PARALLEL_MIN_WORK else _wkv_serial
+    kernel = _wkv_kernel_parallel if B * T * C >= PARALLEL_MIN_WORK else _wkv_kernel
     kernel(np.ascontiguousarray(w, dtype), np.ascontiguousarray(u, dtype),
                 np.ascontiguousarray(k), np.ascontiguousarray(v, dtype), a, b, p, out)
     return out, (a, b, p)

@@ -3,11 +3,17 @@
 The float64 sequential recurrence (`wkv_reference`) is the oracle here; tests/test_numerics.py
 checks the oracle itself against an mpmath evaluation of the exact (non-log-space) formula.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
+from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from rwkv_np import wkv
 from rwkv_np.wkv import EMPTY_MAX, wkv_forward, wkv_parallel, wkv_reference
 
 
@@ -127,3 +133,42 @@ def test_exact_recurrence_small_values():
         np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(a * np.exp(p), N, rtol=1e-12)
         np.testing.assert_allclose(b * np.exp(p), D, rtol=1e-12)
+
+
+def test_parallel_build_gives_the_same_bits(monkeypatch):
+    """Small calls run the one-core build (the one the tests above reach); prompts with enough
+    work run the parallel build of the same loop, which must give the same bits."""
+    rng = np.random.default_rng(3)
+    B, T, C = 2, 7, 150  # three channel blocks, the last one short
+    w, u = -np.exp(rng.normal(size=C)).astype(np.float32), rng.normal(size=C).astype(np.float32)
+    k, v = rng.normal(size=(2, B, T, C)).astype(np.float32)
+    serial = wkv_forward(w, u, k, v)
+    monkeypatch.setattr(wkv, "PARALLEL_MIN_WORK", 0)
+    parallel = wkv_forward(w, u, k, v)
+    for got, want in zip((parallel[0], *parallel[1]), (serial[0], *serial[1])):
+        np.testing.assert_array_equal(got, want)
+
+
+CACHED_BUILD = """
+import sys
+import numpy as np
+from rwkv_np import wkv
+kernel = wkv._wkv_kernel_parallel if sys.argv[1] == "parallel" else wkv._wkv_kernel
+z = np.zeros((1, 2, 8), np.float32)
+state = np.zeros((1, 8), np.float32)
+kernel(z[0, 0], z[0, 0], z, z, state, state.copy(), np.full((1, 8), -1e38, np.float32), z.copy())
+print(len(kernel.stats.cache_hits))
+"""
+
+
+def test_one_core_and_parallel_builds_are_cached_apart(tmp_path):
+    """Numba keys its disk cache by function: two njit() of one function shared an entry, and
+    later processes ran whichever build was compiled first. Each build is its own function now
+    (also in linear.py and decode.py), so compiling one must leave the other uncached."""
+    def cache_hits(build):
+        return subprocess.run([sys.executable, "-c", CACHED_BUILD, build], cwd=REPO, check=True,
+                              env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)),
+                              capture_output=True, text=True).stdout.split()[-1]
+    assert cache_hits("serial") == "0"
+    assert cache_hits("parallel") == "0"  # not served the one-core build
+    assert cache_hits("parallel") == "1"  # its own entry
