@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .linear import SERIAL_BELOW, activations, project
+from .linear import PARALLEL_MIN_WEIGHTS, activations, project
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
 from .storage import packed
 from .wkv import step_scales
@@ -84,8 +84,8 @@ def _layer(x, state, l, vec, att_w, ffn_w, scale, halve, eps):
     att_w: (key, value, receptance, output) and ffn_w: (key, receptance, value) weight tuples.
     Each job owns a block of rows of one phase and finishes the elementwise work on them, so
     the only serial code is the two layer norms. Called from Python, one core runs the jobs in
-    turn (for small models, see linear.SERIAL_BELOW); inlined into `_layer_parallel`, every
-    prange below is a parallel loop."""
+    turn (small models: linear.PARALLEL_MIN_WEIGHTS); inlined into `_layer_parallel`, every prange
+    below is a parallel loop."""
     ln1_w, ln1_b, mix_k, mix_v, mix_r, decay, first, ln2_w, ln2_b, fmix_k, fmix_r = vec
     Wk, Wv, Wr, Wo = att_w
     Fk, Fr, Fv = ffn_w
@@ -192,6 +192,6 @@ def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 ar
     eps = float(eps)  # float64, as prompts pass it: norm_and_mix is compiled once for both
     for l, (vec, att, ffn, scale, halve) in enumerate(layers):
         ffn_key = ffn[0][0]  # (I, H): the layer's largest product
-        step = _layer if ffn_key.shape[0] * x.shape[1] < SERIAL_BELOW else _layer_parallel
-        step(x, state, l, vec, att, ffn, scale, halve, eps)
+        parallel = ffn_key.shape[0] * x.shape[1] >= PARALLEL_MIN_WEIGHTS
+        (_layer_parallel if parallel else _layer)(x, state, l, vec, att, ffn, scale, halve, eps)
     return x

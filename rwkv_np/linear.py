@@ -31,10 +31,10 @@ from .storage import (F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, 
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
-SERIAL_BELOW = 1 << 17  # products with fewer weights than this (the demo model's: <= 512 x 128)
-# run on one core, here and in decode.py: the parallel builds cost ~10 s more to compile on first
-# use (the README's main job with an empty cache: 26 -> 16 s), and at this size the second core
-# saves ~20 us per layer of a token. Same bits either way: each row is one dot product.
+PARALLEL_MIN_WEIGHTS = 1 << 17  # smaller products (the demo model's: <= 512 x 128) run on 1 core,
+# here and in decode.py: the parallel builds cost ~10 s more to compile on first use (the
+# README's main job with an empty cache: 26 -> 16 s), and at this size the second core saves ~20
+# us per layer of a token. Same bits either way: each row is one dot product.
 _BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
 
 
@@ -310,6 +310,7 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
         return _gemm_packed(x, Wt)
     y = np.empty((N, W.shape[0]), x.dtype)
     if N > 0:
-        run = _project_all if W.shape[0] * W.shape[1] < SERIAL_BELOW else _project_all_parallel
-        run(Wt, x, y, 16 * numba.get_num_threads())
+        parallel = W.shape[0] * W.shape[1] >= PARALLEL_MIN_WEIGHTS
+        blocks = 16 * numba.get_num_threads()
+        (_project_all_parallel if parallel else _project_all)(Wt, x, y, blocks)
     return y

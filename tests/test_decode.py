@@ -48,13 +48,13 @@ def test_token_steps_match_reference(storage, B):
 @pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("B", [1, 8])
 def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
-    """A model this small runs its layers on one core (linear.SERIAL_BELOW), the build checked
-    above. Larger models run the parallel build of the same body: it must give the same bits."""
+    """A model this small runs its layers on one core (linear.PARALLEL_MIN_WEIGHTS), the build
+    checked above. Larger models run the parallel build of the same body: the same bits."""
     model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 4))
     state = model(ids[:, :3]).state
     serial = model(ids[:, 3:], state=[s.copy() for s in state])
-    monkeypatch.setattr(decode, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(decode, "PARALLEL_MIN_WEIGHTS", 0)
     parallel = model(ids[:, 3:], state=[s.copy() for s in state])
     np.testing.assert_array_equal(parallel.logits, serial.logits)
     for got, want in zip(parallel.state, serial.state):

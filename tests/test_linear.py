@@ -211,13 +211,13 @@ def test_one_thread_gives_the_same_bits(storage):
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_parallel_build_gives_the_same_bits(storage, monkeypatch):
-    # Products this small run on one core (SERIAL_BELOW), the build the other tests check;
+    # Products this small run on one core (PARALLEL_MIN_WEIGHTS), the build the other tests check;
     # larger ones run the parallel build of the same body, which must give the same bits.
     rng = np.random.default_rng(12)
     Wp = make(storage, random_weight(rng, (300, 64)))
     x = rng.standard_normal((8, 64)).astype(np.float32)
     serial = [linear(x[:n], Wp) for n in (1, 3, 8)]
-    monkeypatch.setattr(lin, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(lin, "PARALLEL_MIN_WEIGHTS", 0)
     for n, want in zip((1, 3, 8), serial):
         np.testing.assert_array_equal(linear(x[:n], Wp), want)
 
