@@ -13,7 +13,8 @@ BLAS. `linear` picks the kernel by the number of rows N of x:
   N > 16        BLAS GEMM (numpy's OpenBLAS); 16-bit and int8 weights are widened to float32
                 a block of rows at a time, so no float32 copy of the whole matrix is made.
 
-Weights come in any storage of storage.py, as `packed` tuples.
+Weights come in any storage of storage.py, as `packed` tuples. Products smaller than
+PARALLEL_MIN_WEIGHTS (a small model's) run the same kernels on one core.
 
 Dot products use fastmath (they reassociate the sum so it vectorizes); nothing here relies on
 -inf / -1e38 sentinels, so that is safe. Numba's np.dot would need scipy: kernels are plain loops.
