@@ -57,6 +57,16 @@ def test_top_p_on_a_large_vocabulary_with_ties(top_p):
     np.testing.assert_array_equal(np.isinf(top_p_filter(scores, top_p)), np.isinf(top_p_full_sort(scores, top_p)))
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.9995])
+def test_top_p_reaching_into_a_long_tail(top_p):
+    # One token holds ~0.8 of the mass, 6000 far less likely ones the rest: the nucleus goes
+    # past the tokens the filter sorts first (those at least 1/256 as likely as the top one).
+    rng = np.random.default_rng(9)
+    scores = np.round(rng.normal(0, 0.01, (2, 6000)), 3)
+    scores[0, 17], scores[1, 4000] = 10.0, 16.0  # row 1: the tail is 1/256 of that, twice over
+    np.testing.assert_array_equal(np.isinf(top_p_filter(scores, top_p)), np.isinf(top_p_full_sort(scores, top_p)))
+
+
 def test_top_k_keeps_the_k_largest():
     scores = random_logits()
     kept = ~np.isinf(top_k_filter(scores, 7))
