@@ -169,8 +169,9 @@ def _layer_parallel(x, state, l, vec, att_w, ffn_w, scale, halve, eps):  # _laye
 
 
 def layer_args(blk):
-    """The arguments `_layer` takes for a model.Block, or None when a weight has column scales
-    (int8 with col_scales=True), which only model.run_block handles."""
+    """(step, its arguments) for a model.Block, chosen once at load: `_layer` for a small model
+    (ffn_key, the largest product, under linear.PARALLEL_MIN_WEIGHTS), else `_layer_parallel`.
+    None when a weight has column scales (int8 with col_scales=True): model.run_block's case."""
     att, ffn = [], []
     for W, group in ((blk.att_key, att), (blk.att_value, att), (blk.att_receptance, att),
                      (blk.att_output, att), (blk.ffn_key, ffn), (blk.ffn_receptance, ffn),
@@ -182,7 +183,9 @@ def layer_args(blk):
     vec = tuple(np.ascontiguousarray(a, np.float32) for a in (
         blk.ln1_weight, blk.ln1_bias, blk.att_mix_k, blk.att_mix_v, blk.att_mix_r,
         blk.time_decay, blk.time_first, blk.ln2_weight, blk.ln2_bias, blk.ffn_mix_k, blk.ffn_mix_r))
-    return vec, tuple(att), tuple(ffn), np.float32(blk.scale), blk.halve
+    I, H = blk.ffn_key.shape
+    step = _layer_parallel if I * H >= PARALLEL_MIN_WEIGHTS else _layer
+    return step, vec, tuple(att), tuple(ffn), np.float32(blk.scale), blk.halve
 
 
 def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 arrays -> x (B, H)
@@ -190,8 +193,6 @@ def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 ar
     x = np.ascontiguousarray(x, np.float32)
     state = tuple(state)
     eps = float(eps)  # float64, as prompts pass it: norm_and_mix is compiled once for both
-    for l, (vec, att, ffn, scale, halve) in enumerate(layers):
-        ffn_key = ffn[0][0]  # (I, H): the layer's largest product
-        parallel = ffn_key.shape[0] * x.shape[1] >= PARALLEL_MIN_WEIGHTS
-        (_layer_parallel if parallel else _layer)(x, state, l, vec, att, ffn, scale, halve, eps)
+    for l, (step, vec, att, ffn, scale, halve) in enumerate(layers):
+        step(x, state, l, vec, att, ffn, scale, halve, eps)
     return x

@@ -50,11 +50,13 @@ def test_token_steps_match_reference(storage, B):
 def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     """A model this small runs its layers on one core (linear.PARALLEL_MIN_WEIGHTS), the build
     checked above. Larger models run the parallel build of the same body: the same bits."""
-    model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 4))
+    model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
     state = model(ids[:, :3]).state
     serial = model(ids[:, 3:], state=[s.copy() for s in state])
-    monkeypatch.setattr(decode, "PARALLEL_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(decode, "PARALLEL_MIN_WEIGHTS", 0)  # the choice is made at load
+    model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
+    assert model.rwkv.token_layers[0][0] is decode._layer_parallel
     parallel = model(ids[:, 3:], state=[s.copy() for s in state])
     np.testing.assert_array_equal(parallel.logits, serial.logits)
     for got, want in zip(parallel.state, serial.state):
