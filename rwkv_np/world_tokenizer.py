@@ -1,0 +1,241 @@
+"""The RWKV World tokenizer (`rwkv_vocab_v20230424`) of the RWKV-5/6/7 World models.
+
+What it computes is BlinkDL's `TRIE_TOKENIZER` (the `rwkv` pip package, rwkv/rwkv_tokenizer.py):
+text is turned into its UTF-8 bytes, and from the first byte on, the LONGEST vocabulary entry that
+the remaining bytes begin with becomes the next token (greedy longest match; no merges, no
+normalization). All 256 single bytes are entries, so every byte string can be encoded, and
+decode(encode(x)) == x for any str. "Hello world" -> [33155, 40213].
+
+The vocabulary file has one line per token, `<id> <Python str or bytes literal> <byte length>`:
+    1 '\\x00' 1
+    257 '\\t\\t' 2
+    21307 b'\\xe6\\x96' 2          (a bytes literal: part of a UTF-8 character)
+ids run 1..65529. Id 0 is `<|endoftext|>` (the end of a document in World training data); it is in
+no line, never comes out of `encode`, and decodes to no bytes. The models have 65,536 embedding
+rows, so ids 65530..65535 exist too and decode to no bytes as well.
+
+How the match is found fast -- the sorted vocabulary IS the trie:
+  sort the entries as byte strings; then all entries that begin with a prefix p form one
+  contiguous run of the sorted list, the entry equal to p (if any) first. Matching from position
+  i narrows the run byte by byte: the run for p + c is found inside the run for p by two binary
+  searches on the byte at depth len(p). The match stops when the run is empty, and the last depth
+  at which the run started with an entry of exactly that length is the longest token. A table of
+  the runs of every two-byte prefix (65,536 pairs) skips the two widest searches. Nothing but a
+  sort is built at load time; the search is one Numba loop (`_encode_greedy`).
+"""
+from __future__ import annotations
+
+import codecs
+import functools
+import os
+
+import numpy as np
+from numba import njit
+
+from .errors import InputError, ModelFileError
+from .tokenizer import Tokenizer
+
+WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
+WORLD_VOCAB_SIZE = 65536  # embedding rows of the World models (vocabulary ids 0..65529 + 6 unused)
+SHIPPED_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "rwkv-world",
+                             WORLD_VOCAB_FILE)
+
+
+# -- the vocabulary file ---------------------------------------------------------------------------
+def _parse_literal(lit: str) -> bytes | None:
+    """The bytes of one Python str/bytes literal as written by repr(), or None if it is not one.
+
+    No eval: quotes are checked, then the escapes (\\xNN \\uNNNN \\UNNNNNNNN \\n \\t \\\\ \\' ...)
+    are decoded by the `unicode_escape` codec, which only decodes. A str literal's characters
+    become UTF-8; a bytes literal may hold only ASCII and stands for the byte values it spells.
+    """
+    is_bytes = lit[:1] == "b"
+    body = lit[1:] if is_bytes else lit
+    if len(body) < 2 or body[0] not in "'\"" or body[-1] != body[0]:
+        return None
+    body = body[1:-1]
+    try:
+        if is_bytes:
+            if not body.isascii():
+                return None
+            return codecs.escape_decode(body.encode("ascii"))[0] if "\\" in body else body.encode("ascii")
+        if "\\" in body:
+            # non-Latin-1 characters -> \\uXXXX first, so that unicode_escape sees only Latin-1 bytes
+            body = body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        return body.encode("utf-8")
+    except (UnicodeError, ValueError):  # a broken escape such as \\x4, or a lone surrogate
+        return None
+
+
+def read_vocab(file: str) -> list[bytes]:
+    """Token id -> bytes, for ids 0..max id (ids without a line -- id 0 -- get b"")."""
+    try:
+        with open(file, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ModelFileError(f"{file}: not found") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    entries: dict[int, bytes] = {}
+    # split on "\n" only: str.splitlines would also cut at U+2028, U+0085... inside a literal
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        first, last = line.find(" "), line.rfind(" ")
+        head, tail = line[:first], line[last + 1:]
+        token = _parse_literal(line[first + 1:last]) if 0 < first < last else None
+        if token is None or not head.isdigit() or not tail.isdigit():
+            raise ModelFileError(f"{file}: line {n} is not `<id> <str or bytes literal> <length>`: {line[:60]!r}")
+        if len(token) != int(tail):
+            raise ModelFileError(f"{file}: line {n}: the literal has {len(token)} bytes, the line says {tail}")
+        if not 1 <= int(head) < WORLD_VOCAB_SIZE or int(head) in entries:
+            raise ModelFileError(f"{file}: line {n}: id {head} is 0, repeated, or not below {WORLD_VOCAB_SIZE}")
+        entries[int(head)] = token
+    if not entries:
+        raise ModelFileError(f"{file}: no tokens")
+    vocab = [b""] * (max(entries) + 1)
+    for i, token in entries.items():
+        vocab[i] = token
+    return vocab
+
+
+# -- the matcher -------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _lower_bound(data, start, length, lo, hi, depth, key):
+    """First k in [lo, hi) whose byte at `depth` is >= key - 1 (entries that end before `depth`
+    count as key 0, below every byte), in a run of sorted entries that share `depth` bytes."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        k = np.int64(data[start[mid] + depth]) + 1 if length[mid] > depth else 0
+        if k < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def _encode_greedy(src, data, start, length, sorted_id, single_id, run2_lo, run2_hi):
+    """Greedy longest match of `src` over the sorted vocabulary.
+
+    src (n,) uint8; data (total,) uint8: the entries' bytes in sorted order, entry k at
+    data[start[k] : start[k] + length[k]]; sorted_id (V,) its token id; single_id (256,) the id of
+    each one-byte entry; run2_lo/run2_hi (65536,): the run of entries beginning with bytes (a, b)
+    at index a * 256 + b. -> (m,) int64 token ids, m <= n.
+    """
+    n = src.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    m = 0
+    i = 0
+    while i < n:
+        best_id = single_id[src[i]]
+        best_len = 1
+        if i + 1 < n:
+            pair = np.int64(src[i]) * 256 + src[i + 1]
+            lo = run2_lo[pair]
+            hi = run2_hi[pair]
+            depth = 2  # [lo, hi): the entries that begin with src[i : i + depth]
+            while lo < hi:
+                if length[lo] == depth:  # the run begins with src[i : i + depth] itself
+                    best_id = sorted_id[lo]
+                    best_len = depth
+                    lo += 1
+                if i + depth == n:
+                    break
+                key = np.int64(src[i + depth]) + 1
+                lo = _lower_bound(data, start, length, lo, hi, depth, key)
+                hi = _lower_bound(data, start, length, lo, hi, depth, key + 1)
+                depth += 1
+        out[m] = best_id
+        m += 1
+        i += best_len
+    return out[:m]
+
+
+# -- the tokenizer -----------------------------------------------------------------------------------
+class WorldTokenizer(Tokenizer):
+    """The RWKV World tokenizer: ids identical to TRIE_TOKENIZER's (rwkv pip package)."""
+
+    vocab_size = WORLD_VOCAB_SIZE
+    eos_token_id = 0
+    pad_token_id = 0
+
+    def __init__(self, vocab: list[bytes], source: str = "<vocab>"):
+        """`vocab[i]` = the bytes of token i (b"" for ids that are no entry, such as 0)."""
+        self.source = source
+        if len(vocab) > WORLD_VOCAB_SIZE:
+            raise ModelFileError(f"{source}: {len(vocab)} ids, more than the {WORLD_VOCAB_SIZE} of a World model")
+        self._bytes = list(vocab) + [b""] * (WORLD_VOCAB_SIZE - len(vocab))  # id -> bytes
+        ids = [i for i, t in enumerate(self._bytes) if t]
+        if len(set(self._bytes[i] for i in ids)) != len(ids):
+            raise ModelFileError(f"{source}: two ids stand for the same bytes")
+        ids.sort(key=self._bytes.__getitem__)
+        entries = [self._bytes[i] for i in ids]
+        self._sorted_id = np.array(ids, dtype=np.int64)                           # (V,)
+        self._length = np.array([len(t) for t in entries], dtype=np.int64)        # (V,)
+        self._start = np.zeros(len(ids), dtype=np.int64)                          # (V,)
+        np.cumsum(self._length[:-1], out=self._start[1:])
+        self._data = np.frombuffer(b"".join(entries), dtype=np.uint8)             # (total,)
+        singles = {t[0]: i for i, t in zip(ids, entries) if len(t) == 1}
+        if len(singles) != 256:
+            missing = next(b for b in range(256) if b not in singles)
+            raise ModelFileError(f"{source}: byte {missing:#04x} is no token; a World vocabulary has all 256")
+        self._single_id = np.array([singles[b] for b in range(256)], dtype=np.int64)  # (256,)
+        # Runs of the two-byte prefixes. Sort key of an entry: a*512 + (2b+1 if it has a 2nd byte b
+        # else 0) -- non-decreasing in sorted order, the one-byte entry a before all a-b entries.
+        first = self._data[self._start].astype(np.int64)
+        has2 = self._length >= 2
+        second = np.where(has2, self._data[np.minimum(self._start + 1, self._data.size - 1)], 0)
+        key = first * 512 + np.where(has2, 2 * second.astype(np.int64) + 1, 0)
+        pairs = np.arange(65536, dtype=np.int64)
+        want = (pairs >> 8) * 512 + 2 * (pairs & 255) + 1
+        self._run2_lo = np.searchsorted(key, want, side="left")                   # (65536,)
+        self._run2_hi = np.searchsorted(key, want, side="right")                  # (65536,)
+
+    @classmethod
+    def from_file(cls, file: str | os.PathLike) -> "WorldTokenizer":
+        file = os.fspath(file)
+        return cls(read_vocab(file), source=file)
+
+    @classmethod
+    def default(cls) -> "WorldTokenizer":
+        """The vocabulary shipped in rwkv_np/assets/rwkv-world/, read once per process."""
+        return _shipped()
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Ids of any byte string, valid UTF-8 or not (TRIE_TOKENIZER.encodeBytes)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError(f"tokenizer: data must be bytes, got {type(data).__name__}")
+        src = np.frombuffer(data, dtype=np.uint8)  # (n,)
+        return _encode_greedy(src, self._data, self._start, self._length, self._sorted_id,
+                              self._single_id, self._run2_lo, self._run2_hi).tolist()
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"tokenizer: text must be a str, got {type(text).__name__}")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: a Python str may hold one, UTF-8 cannot
+            raise InputError(f"tokenizer: text holds U+{ord(text[e.start]):04X} (a lone surrogate) at index"
+                             f" {e.start}, which UTF-8 cannot encode") from None
+        return self.encode_bytes(data)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < WORLD_VOCAB_SIZE:
+            raise InputError(f"tokenizer: token id {token_id} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
+        return self._bytes[token_id]
+
+    def decode_bytes(self, ids) -> bytes:  # one range check for the whole sequence
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= WORLD_VOCAB_SIZE):
+            bad = ids[(ids < 0) | (ids >= WORLD_VOCAB_SIZE)][0]
+            raise InputError(f"tokenizer: token id {bad} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
+        return b"".join(map(self._bytes.__getitem__, ids.tolist()))
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> WorldTokenizer:
+    return WorldTokenizer.from_file(SHIPPED_VOCAB)
