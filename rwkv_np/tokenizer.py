@@ -1,12 +1,13 @@
 """Tokenizers for RWKV-4 models, and a UTF-8-safe incremental decoder for streaming.
 
-Two kinds, one interface (`encode`, `decode`, `token_bytes`, `__call__`):
+Two kinds here, one interface (`encode`, `decode`, `token_bytes`, `__call__`):
   * `BpeTokenizer` -- a byte-level BPE `tokenizer.json` read with the `tokenizers` library. The
     RWKV-4 Pile models use GPT-NeoX-20B's (vocab 50277, added tokens included): "\\n" -> [187],
     "\\n\\n" -> [535], "This is an example." -> [1552, 310, 271, 1650, 15]. Its normalizer is NFC,
     so decode(encode(x)) == x holds for NFC text (other text comes back NFC-normalized).
   * `ByteTokenizer` -- token id = one UTF-8 byte (vocab 256), for byte models such as rwkv.cpp's
     tiny test models; used when a model directory has no tokenizer.json and vocab_size is 256.
+(The third kind, `WorldTokenizer` of the RWKV-5/6/7 World models, is in world_tokenizer.py.)
 
 Every token of both kinds is a fixed byte string (`token_bytes`), so text is decoded from bytes:
 `StreamDecoder` feeds those bytes through an incremental UTF-8 decoder and therefore never emits
@@ -54,22 +55,29 @@ class Tokenizer:
     def from_pretrained(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "Tokenizer":
         """The tokenizer of a model directory (or a tokenizer.json path).
 
-        `<dir>/tokenizer.json` -> BpeTokenizer. Without one, a model whose config.json says
-        vocab_size 256 gets a ByteTokenizer (`vocab_size` overrides the config lookup).
+        `<dir>/tokenizer.json` -> BpeTokenizer; `<dir>/rwkv_vocab_v20230424.txt` (or that file's
+        path) -> WorldTokenizer. Without either, a model whose config.json says vocab_size 256 gets a
+        ByteTokenizer and one with 65536 (a World model) the shipped WorldTokenizer (`vocab_size`
+        overrides the config lookup).
         """
+        from .world_tokenizer import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, WorldTokenizer  # imports this module
         path = os.fspath(path)
         if os.path.isfile(path):
-            return BpeTokenizer.from_file(path)
+            return WorldTokenizer.from_file(path) if path.endswith(".txt") else BpeTokenizer.from_file(path)
         file = os.path.join(path, TOKENIZER_FILE)
         if os.path.isfile(file):
             return BpeTokenizer.from_file(file)
+        if os.path.isfile(os.path.join(path, WORLD_VOCAB_FILE)):
+            return WorldTokenizer.from_file(os.path.join(path, WORLD_VOCAB_FILE))
         if vocab_size is None:
             from .config import RwkvConfig  # only for the byte-model fallback
             vocab_size = RwkvConfig.from_pretrained(path).vocab_size
         if vocab_size == 256:
             return ByteTokenizer()
-        raise ModelFileError(f"{file}: not found (only byte models, vocab_size 256, need no tokenizer.json;"
-                             f" this model has vocab_size {vocab_size})")
+        if vocab_size == WORLD_VOCAB_SIZE:
+            return WorldTokenizer.default()
+        raise ModelFileError(f"{file}: not found (only byte models, vocab_size 256, and World models, 65536, need"
+                             f" no tokenizer.json; this model has vocab_size {vocab_size})")
 
     # -- to implement ----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

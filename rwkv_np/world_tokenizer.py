@@ -102,53 +102,86 @@ def read_vocab(file: str) -> list[bytes]:
     return vocab
 
 
-# -- the matcher -------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _lower_bound(data, start, length, lo, hi, depth, key):
-    """First k in [lo, hi) whose byte at `depth` is >= key - 1 (entries that end before `depth`
-    count as key 0, below every byte), in a run of sorted entries that share `depth` bytes."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        k = np.int64(data[start[mid] + depth]) + 1 if length[mid] > depth else 0
-        if k < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+# -- the trie ----------------------------------------------------------------------------------------
+def build_trie(entries: list[bytes], ids: list[int]):
+    """A byte trie of the entries, in flat arrays, built with NumPy from the sorted entries.
+
+    `entries` sorted as byte strings, `ids` their token ids. A node is a prefix of some entry;
+    nodes are numbered breadth first, siblings in byte order, so the children of node u are the
+    contiguous nodes child_lo[u] <= v < child_hi[u], and node b (0 <= b < 256) is the one-byte
+    prefix b (every World vocabulary holds all 256 bytes, checked by the caller).
+    -> node_byte (N,) uint8: the last byte of the node's prefix; node_token (N,) int64: the id of
+       the entry equal to the prefix, or -1; child_lo, child_hi (N,) int64.
+
+    Why sorting gives the trie: in sorted order, the entries that begin with a prefix form one
+    contiguous run, led by the entry equal to it. So entry k creates exactly the nodes of its
+    prefixes longer than its common prefix with entry k-1 (lcp), listed in depth order this is
+    the trie in preorder; the parent of a node at depth d is the last node at depth d-1 before it.
+    """
+    length = np.array([len(t) for t in entries], dtype=np.int64)                 # (V,)
+    data = np.frombuffer(b"".join(entries), dtype=np.uint8)                      # (total,)
+    start = np.concatenate([[0], np.cumsum(length)[:-1]])                        # (V,)
+    # padded (V, max_len) copy, -1 after each entry's end, to find lcp(k-1, k) in one comparison
+    padded = np.full((len(entries), int(length.max()) + 1), -1, dtype=np.int16)
+    rows = np.repeat(np.arange(len(entries)), length)
+    padded[rows, np.arange(data.size) - start[rows]] = data
+    lcp = np.zeros(len(entries), dtype=np.int64)                                 # (V,)
+    lcp[1:] = np.argmax(padded[1:] != padded[:-1], axis=1)  # first difference; distinct entries differ
+    # the nodes in preorder: entry k contributes depths lcp[k]+1 .. length[k]
+    count = length - lcp
+    entry = np.repeat(np.arange(len(entries)), count)                            # (N,)
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    depth = np.arange(entry.size) - first[entry] + lcp[entry] + 1                # (N,)
+    # renumber breadth first (by depth, preorder within a depth); keys sorted = that order
+    n = entry.size
+    order = np.argsort(depth * n + np.arange(n), kind="stable")
+    keys = (depth * n + np.arange(n))[order]
+    entry, depth = entry[order], depth[order]
+    node_byte = data[start[entry] + depth - 1]
+    node_token = np.where(length[entry] == depth, np.asarray(ids, dtype=np.int64)[entry], -1)
+    # parent = the last node at depth-1 that comes before the node in preorder (-1: the root)
+    pre = keys - depth * n
+    parent = np.where(depth > 1, np.searchsorted(keys, (depth - 1) * n + pre) - 1, -1)
+    child_lo = np.searchsorted(parent, np.arange(n), side="left")  # parent is non-decreasing
+    child_hi = np.searchsorted(parent, np.arange(n), side="right")
+    return node_byte, node_token, child_lo, child_hi
 
 
 @njit(cache=True)
-def _encode_greedy(src, data, start, length, sorted_id, single_id, run2_lo, run2_hi):
-    """Greedy longest match of `src` over the sorted vocabulary.
+def _encode_greedy(src, node_byte, node_token, child_lo, child_hi):
+    """Greedy longest match of the bytes `src` (n,) uint8 over the trie (`build_trie`'s arrays).
+    -> (m,) int64 token ids, m <= n.
 
-    src (n,) uint8; data (total,) uint8: the entries' bytes in sorted order, entry k at
-    data[start[k] : start[k] + length[k]]; sorted_id (V,) its token id; single_id (256,) the id of
-    each one-byte entry; run2_lo/run2_hi (65536,): the run of entries beginning with bytes (a, b)
-    at index a * 256 + b. -> (m,) int64 token ids, m <= n.
+    From position i: walk down the trie along src[i], src[i+1], ... (node src[i] is the one-byte
+    prefix) while the child exists, remembering the deepest node that is a whole entry; that
+    entry is the token, and the next one starts after it.
     """
     n = src.shape[0]
     out = np.empty(n, dtype=np.int64)
     m = 0
     i = 0
     while i < n:
-        best_id = single_id[src[i]]
+        u = np.int64(src[i])
+        best_id = node_token[u]
         best_len = 1
-        if i + 1 < n:
-            pair = np.int64(src[i]) * 256 + src[i + 1]
-            lo = run2_lo[pair]
-            hi = run2_hi[pair]
-            depth = 2  # [lo, hi): the entries that begin with src[i : i + depth]
-            while lo < hi:
-                if length[lo] == depth:  # the run begins with src[i : i + depth] itself
-                    best_id = sorted_id[lo]
-                    best_len = depth
-                    lo += 1
-                if i + depth == n:
-                    break
-                key = np.int64(src[i + depth]) + 1
-                lo = _lower_bound(data, start, length, lo, hi, depth, key)
-                hi = _lower_bound(data, start, length, lo, hi, depth, key + 1)
-                depth += 1
+        depth = 1
+        while i + depth < n:
+            c = src[i + depth]
+            lo = child_lo[u]
+            hi = child_hi[u]
+            while lo < hi:  # binary search for byte c among u's children (sorted by byte)
+                mid = (lo + hi) >> 1
+                if node_byte[mid] < c:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo == child_hi[u] or node_byte[lo] != c:
+                break
+            u = lo
+            depth += 1
+            if node_token[u] >= 0:
+                best_id = node_token[u]
+                best_len = depth
         out[m] = best_id
         m += 1
         i += best_len
@@ -174,26 +207,11 @@ class WorldTokenizer(Tokenizer):
             raise ModelFileError(f"{source}: two ids stand for the same bytes")
         ids.sort(key=self._bytes.__getitem__)
         entries = [self._bytes[i] for i in ids]
-        self._sorted_id = np.array(ids, dtype=np.int64)                           # (V,)
-        self._length = np.array([len(t) for t in entries], dtype=np.int64)        # (V,)
-        self._start = np.zeros(len(ids), dtype=np.int64)                          # (V,)
-        np.cumsum(self._length[:-1], out=self._start[1:])
-        self._data = np.frombuffer(b"".join(entries), dtype=np.uint8)             # (total,)
-        singles = {t[0]: i for i, t in zip(ids, entries) if len(t) == 1}
+        singles = {t[0] for t in entries if len(t) == 1}
         if len(singles) != 256:
-            missing = next(b for b in range(256) if b not in singles)
+            missing = min(set(range(256)) - singles)
             raise ModelFileError(f"{source}: byte {missing:#04x} is no token; a World vocabulary has all 256")
-        self._single_id = np.array([singles[b] for b in range(256)], dtype=np.int64)  # (256,)
-        # Runs of the two-byte prefixes. Sort key of an entry: a*512 + (2b+1 if it has a 2nd byte b
-        # else 0) -- non-decreasing in sorted order, the one-byte entry a before all a-b entries.
-        first = self._data[self._start].astype(np.int64)
-        has2 = self._length >= 2
-        second = np.where(has2, self._data[np.minimum(self._start + 1, self._data.size - 1)], 0)
-        key = first * 512 + np.where(has2, 2 * second.astype(np.int64) + 1, 0)
-        pairs = np.arange(65536, dtype=np.int64)
-        want = (pairs >> 8) * 512 + 2 * (pairs & 255) + 1
-        self._run2_lo = np.searchsorted(key, want, side="left")                   # (65536,)
-        self._run2_hi = np.searchsorted(key, want, side="right")                  # (65536,)
+        self._trie = build_trie(entries, ids)  # node_byte, node_token, child_lo, child_hi (N,) each
 
     @classmethod
     def from_file(cls, file: str | os.PathLike) -> "WorldTokenizer":
@@ -210,8 +228,7 @@ class WorldTokenizer(Tokenizer):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InputError(f"tokenizer: data must be bytes, got {type(data).__name__}")
         src = np.frombuffer(data, dtype=np.uint8)  # (n,)
-        return _encode_greedy(src, self._data, self._start, self._length, self._sorted_id,
-                              self._single_id, self._run2_lo, self._run2_hi).tolist()
+        return _encode_greedy(src, *self._trie).tolist()
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
