@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nn import layer_norm, sigmoid
 from .config import Rwkv7Config
 from .state import ATT_X, FFN_X, WKV, empty_state
 from .wkv import wkv7_sequential
@@ -26,24 +27,10 @@ from .wkv import wkv7_sequential
 DECAY_SCALE = np.exp(-0.5)  # e^{-1/2}: log-decays lie in (-e^{-1/2}, 0), decays w in (0.545, 1)
 
 
-def layer_norm(x, weight, bias, eps):  # x (..., C) -> (..., C)
-    """(x - mean) / sqrt(var + eps) * weight + bias, variance without Bessel's correction."""
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
-
-
 def group_norm(x, weight, bias, heads, eps):  # x (B, T, C) -> (B, T, C)
     """A layer norm of each head's N channels on its own, then one affine map over all C."""
     B, T, C = x.shape
-    xh = x.reshape(B, T, heads, C // heads)
-    mean = xh.mean(-1, keepdims=True)
-    var = ((xh - mean) ** 2).mean(-1, keepdims=True)
-    return ((xh - mean) / np.sqrt(var + eps)).reshape(B, T, C) * weight + bias
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
+    return layer_norm(x.reshape(B, T, heads, C // heads), 1.0, 0.0, eps).reshape(B, T, C) * weight + bias
 
 
 def l2_normalize(x):  # x (..., N) -> (..., N)
