@@ -114,15 +114,17 @@ def forward(params, config: Rwkv7Config, input_ids, state=None):  # input_ids (B
     """Logits (B, T, V), the new state, each block's output x then the final normed x (L+1 of
     hidden_states), and each block's time-mix (attentions) and channel-mix (feed_forward) branch.
 
-    `params`: the HF-named tensors (names.py); lm_head.weight may be absent if the config ties it
-    to the embeddings. `state`: [att_x, ffn_x, wkv] as state.py, or None for all zeros; not modified.
+    `params`: the HF-named tensors (names.py); with config.tie_word_embeddings the embeddings
+    are the head and lm_head.weight is not read. `state`: [att_x, ffn_x, wkv] as state.py, or
+    None for all zeros; not modified.
     """
     ids = np.atleast_2d(np.asarray(input_ids))
     B, T = ids.shape
     state = empty_state(config, B, np.float64) if state is None else [np.array(s, np.float64) for s in state]
     eps = config.norm_eps
     model = nest(params)
-    layers, head = model["model"]["layers"], model.get("lm_head", model["model"]["embeddings"])
+    layers = model["model"]["layers"]
+    head = model["model"]["embeddings"] if config.tie_word_embeddings else model["lm_head"]
 
     x = model["model"]["embeddings"]["weight"][ids]                        # (B, T, C)
     x = layer_norm(x, **layers["0"]["pre_norm"], eps=eps)
