@@ -97,17 +97,18 @@ class Rwkv7Config:
             if key in d and d[key] not in allowed:
                 raise ConfigError(f"config: {key} = {d[key]!r} is not computed by rwkv_np "
                                   f"(it runs {key} = {allowed[0]!r})")
-        value_dim, C = d.get("value_dim"), d.get("hidden_size")
-        if value_dim is not None and any(v != C for v in (value_dim if isinstance(value_dim, list) else [value_dim])):
-            raise ConfigError(f"config: value_dim {value_dim!r} differs from hidden_size {C!r}; rwkv_np "
-                              "runs models whose values are as wide as the keys")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
-        ratio = d.get("hidden_ratio")
+        ratio, C = d.get("hidden_ratio"), d.get("hidden_size", cls.hidden_size)
         if kwargs.get("intermediate_size") is None and isinstance(ratio, (int, float)) and isinstance(C, int):
             kwargs["intermediate_size"] = 32 * -(-int(C * ratio) // 32)  # fla's rounding
         extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}
-        return cls(**kwargs, extra=extra)
+        config = cls(**kwargs, extra=extra)
+        value_dim = d.get("value_dim")
+        if value_dim is not None and any(v != C for v in (value_dim if isinstance(value_dim, list) else [value_dim])):
+            raise ConfigError(f"config: value_dim {value_dim!r} differs from hidden_size {C}; rwkv_np "
+                              "runs models whose values are as wide as the keys")
+        return config
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Rwkv7Config":
