@@ -4,7 +4,7 @@ The expected names and shapes below are written out from flash-linear-attention'
 (`fla/layers/rwkv7.py`, `fla/models/rwkv7/modeling_rwkv7.py`: nn.Parameter shapes, LoRA as
 nn.Sequential(Linear(C, D), act, Linear(D, C))) and BlinkDL's RWKV_Tmix_x070, not from names.py.
 """
-import json
+import dataclasses
 
 import numpy as np
 import pytest
@@ -156,7 +156,10 @@ def test_from_rwkvcpp_undoes_the_bin_layout():
             binary[name] = x.T if name.split(".")[-1] in ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2") else x
     assert binary["blocks.1.att.x_rwkvag"].shape == (6, 1, 32)
     assert names.detect(binary)
-    got, want = names.from_rwkvcpp(binary), names.from_blinkdl(sd)
+    header = {"version": 101, "n_vocab": 50, "n_embed": 32, "n_layer": 2, "data_type": 0}
+    config, got = names.from_rwkvcpp(header, binary)
+    want = names.from_blinkdl(sd)
+    assert config == dataclasses.replace(names.infer_config(want), extra={"rwkvcpp_version": 101})
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
@@ -172,3 +175,15 @@ def test_unknown_names_are_refused():
     del hf["model.layers.1.attn.r_k"]
     with pytest.raises(ModelFileError, match="missing tensor model.layers.1.attn.r_k"):
         names.check_shapes(hf, config, "test")
+
+
+def test_rwkvcpp_header_must_agree_with_the_tensors():
+    sd = {k: v for k, v in blinkdl().items() if k not in ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")}
+    header = {"version": 101, "n_vocab": 50, "n_embed": 32, "n_layer": 3, "data_type": 0}
+    with pytest.raises(ModelFileError, match="header says n_vocab, n_embed, n_layer = 50, 32, 3"):
+        names.from_rwkvcpp(header, {k: v for k, v in sd.items()}, "m.bin")
+
+
+def test_from_hf_adds_the_model_prefix_of_a_bare_trunk():
+    assert names.from_hf({"embeddings.weight": 1, "layers.0.attn.r_k": 2, "lm_head.weight": 3}) == \
+        {"model.embeddings.weight": 1, "model.layers.0.attn.r_k": 2, "lm_head.weight": 3}

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import ConfigError
 
@@ -26,6 +27,7 @@ _FLA_FIXED = {"hidden_act": ("sqrelu",), "norm_bias": (True,), "norm_first": (Tr
 
 @dataclass
 class Rwkv7Config:
+    model_type: ClassVar[str] = MODEL_TYPE  # config.json's model_type, the generations registry's key
     vocab_size: int = 65536                 # V: the RWKV World tokenizer of the released Goose models
     hidden_size: int = 2048                 # C: width of the residual stream (fla's default)
     num_hidden_layers: int = 24             # L

@@ -27,6 +27,9 @@ import re
 from ..errors import ModelFileError
 from .config import MODEL_TYPE, Rwkv7Config  # noqa: F401  (re-exported: names.MODEL_TYPE, names.Rwkv7Config)
 
+CONFIG = Rwkv7Config
+EMBEDDINGS, HEAD = "model.embeddings.weight", "lm_head.weight"
+
 MIXES = ("r", "w", "k", "v", "a", "g")          # the order of att.x_rwkvag's rows
 LORAS = ("w", "a", "v", "g")                     # decay, learning rate, value residual, gate
 _TOP = {"emb.weight": "model.embeddings.weight", "ln_out.weight": "model.norm.weight",
@@ -125,42 +128,54 @@ def from_blinkdl(tensors: dict) -> dict:
     return out
 
 
-def from_rwkvcpp(tensors: dict) -> dict:
-    """rwkv.cpp `.bin` tensors (BlinkDL names, NumPy dimension order) -> fla's HF layout.
+def from_hf(tensors: dict) -> dict:
+    """HF names as found in a file -> RWKV7ForCausalLM's: a bare RWKV7Model's keys lack `model.`."""
+    return {n if n.startswith(("model.", "lm_head.")) else "model." + n: x for n, x in tensors.items()}
 
-    The .bin differs from the .pth in two ways, undone here before `from_blinkdl`: the six mixes
-    are rows r, w, k, v, a, g of one (6, 1, C) `att.x_rwkvag`, and the LoRA matrices w1 .. g2 are
-    stored transposed."""
+
+def _bin_to_pth(tensors: dict, source: str) -> dict:
+    """rwkv.cpp's `.bin` tensors -> the `.pth` they were converted from: the six mixes split out of
+    `att.x_rwkvag` (rows r, w, k, v, a, g), the LoRA matrices w1 .. g2 transposed back."""
     pth = {}
     for name, x in tensors.items():
         if name.endswith(".att.x_rwkvag"):
-            stem = name[: -len("x_rwkvag")]
-            if x.shape[:2] != (len(MIXES), 1):
-                raise ModelFileError(f"{name}: shape {x.shape}, expected (6, 1, C)")
+            if x.ndim != 3 or x.shape[:2] != (len(MIXES), 1):
+                raise ModelFileError(f"{source}: {name} has shape {x.shape}, expected (6, 1, C)")
             for j, m in enumerate(MIXES):
-                pth[f"{stem}x_{m}"] = x[j:j + 1]
+                pth[name[: -len("rwkvag")] + m] = x[j:j + 1]
         elif re.search(r"\.att\.[wavg][12]$", name):
             pth[name] = x.T
         else:
             pth[name] = x
-    return from_blinkdl(pth)
+    return pth
 
 
-def infer_config(tensors: dict, **overrides) -> Rwkv7Config:
+def from_rwkvcpp(header: dict, tensors: dict, source: str = "rwkv.cpp file") -> tuple[Rwkv7Config, dict]:
+    """An rwkv.cpp file's header and tensors (BlinkDL names, NumPy dimension order, as
+    formats.rwkvcpp.read_records gives them) -> (config, HF-named tensors). Nothing in a v7 `.bin`
+    is exponentiated; only the layout differs from the `.pth` (`_bin_to_pth`)."""
+    hf = from_blinkdl(_bin_to_pth(tensors, source))
+    config = infer_config(hf, source)
+    config.extra["rwkvcpp_version"] = header["version"]
+    found = (config.vocab_size, config.hidden_size, config.num_hidden_layers)
+    if found != (header["n_vocab"], header["n_embed"], header["n_layer"]):
+        raise ModelFileError(f"{source}: the header says n_vocab, n_embed, n_layer = {header['n_vocab']}, "
+                             f"{header['n_embed']}, {header['n_layer']}; the tensors have {found}")
+    return config, hf
+
+
+def infer_config(tensors: dict, source: str = "tensors") -> Rwkv7Config:
     """The config implied by HF-named tensor shapes: H, N from attn.r_k, the LoRA ranks from the
-    lora.0 matrices (D_v from layer 1: layer 0 has none), F from ffn.key. `overrides` are other
-    Rwkv7Config fields (eps, token ids...)."""
+    lora.0 matrices (D_v from layer 1: layer 0 has none), F from ffn.key; defaults otherwise."""
     def shape(name):
         if name not in tensors:
-            raise ModelFileError(f"missing tensor {name} (needed to infer the RWKV-7 config)")
+            raise ModelFileError(f"{source}: cannot infer the model's sizes (missing tensor {name})")
         return tensors[name].shape
 
-    V, C = shape("model.embeddings.weight")
+    V, C = shape(EMBEDDINGS)
     L = 0
     while f"model.layers.{L}.attn_norm.weight" in tensors:
         L += 1
-    if L == 0:
-        raise ModelFileError("no model.layers.0.attn_norm.weight: not an RWKV-7 model in HF layout")
     H, N = shape("model.layers.0.attn.r_k")
     lora = lambda kind, i=0: shape(f"model.layers.{i}.attn.{kind}_lora.lora.0.weight")[0]  # noqa: E731
     found = dict(vocab_size=V, hidden_size=C, num_hidden_layers=L, num_heads=H, head_dim=N,
@@ -168,7 +183,10 @@ def infer_config(tensors: dict, **overrides) -> Rwkv7Config:
                  decay_low_rank_dim=lora("w"), a_low_rank_dim=lora("a"), gate_low_rank_dim=lora("g"))
     if L > 1:
         found["v_low_rank_dim"] = lora("v", 1)
-    return Rwkv7Config(**{**found, **overrides})
+    try:
+        return Rwkv7Config(**{k: int(v) for k, v in found.items()})
+    except ValueError as e:
+        raise ModelFileError(f"{source}: the tensor shapes describe an impossible model ({e})") from None
 
 
 def detect(names) -> bool:

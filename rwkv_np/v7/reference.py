@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from ..nn import layer_norm, sigmoid
 from .config import Rwkv7Config
 from .state import ATT_X, FFN_X, WKV, empty_state
@@ -99,9 +100,13 @@ def channel_mix(x, last_x, *, x_k, key, value):  # x (B, T, C) the ffn_norm outp
 
 def nest(params: dict) -> dict:
     """{"model.layers.0.attn.x_r": array, ...} -> {"model": {"layers": {"0": {"attn": {"x_r": ...}}}}}
-    in float64, so that a block's weights are one dict of keyword arguments."""
+    in float64, so that a block's weights are one dict of keyword arguments. Values must be float
+    arrays (bfloat16 bits or int8 storage: widen them first with rwkv_np.storage.as_float)."""
     tree = {}
     for name, x in params.items():
+        if not np.issubdtype(np.asarray(x).dtype, np.floating):  # bfloat16 bits are uint16
+            raise InputError(f"{name}: the reference reads float arrays, got {type(x).__name__} "
+                             f"of {np.asarray(x).dtype} (widen it with rwkv_np.storage.as_float)")
         *path, leaf = name.split(".")
         node = tree
         for part in path:
