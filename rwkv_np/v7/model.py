@@ -1,0 +1,243 @@
+"""Rwkv7ForCausalLM: the fast RWKV-7 engine, float32 (default) or float64, HF-style calls on NumPy.
+
+The same numbers as reference.py (read that first: this file computes its equations), with three
+differences of method, none of meaning: the projections and LoRAs of all B x T tokens run as one
+matrix product each through `rwkv_np.linear` (any weight storage: float32/64, float16, bfloat16,
+int8), the WKV-7 recurrence runs in the Numba kernel (kernels.py), and everything stays in the
+model's dtype. Load-time work (flattening the mixes, choosing each matrix's storage) happens once,
+in `Layer.from_tensors`.
+
+    model = Rwkv7ForCausalLM.from_pretrained("path/to/model")   # fla directory, .pth, rwkv.cpp .bin
+    out = model(input_ids)                        # out.logits (B, T, V), out.state
+    out = model(next_ids, state=out.state)        # continue where it stopped
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..linear import linear
+from ..nn import cross_entropy, layer_norm, sigmoid
+from ..storage import as_float, embedding_rows
+from ..v4.model import storage_of  # the storage rule of every generation's matrices
+from .config import Rwkv7Config
+from .kernels import wkv7_forward
+from .names import EMBEDDINGS, HEAD
+from .reference import DECAY_SCALE, group_norm, l2_normalize, token_shift
+from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_DECAY = float(DECAY_SCALE)  # a Python float: it keeps float32 arrays float32 (NumPy 2 scalar rules)
+
+
+@dataclass
+class Rwkv7CausalLMOutput:
+    loss: float | None = None                # mean next-token cross-entropy (nats), given labels
+    logits: np.ndarray | None = None         # (B, T, V)
+    state: list | None = None                # [att_x (B, L, C), ffn_x (B, L, C), wkv (B, L, H, N, N)]
+    hidden_states: tuple | None = None       # L + 1 of (B, T, C): each layer's output, then the final norm's
+    attentions: tuple | None = None          # L of (B, T, C): each layer's time-mix branch output
+    feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
+
+
+@dataclass
+class Layer:
+    """One layer's weights, ready to run. Matrices are (out, in), in the chosen storage: y = x @ W.T."""
+    attn_norm: tuple                          # (weight, bias), each (C,)
+    ffn_norm: tuple                           # (weight, bias), each (C,)
+    mix: np.ndarray                           # (6, C): x_r, x_w, x_k, x_v, x_a, x_g
+    r_proj: object; k_proj: object; v_proj: object; o_proj: object   # (C, C)
+    w_lora: tuple                             # (down (D_w, C), up (C, D_w), bias (C,))
+    a_lora: tuple                             # (down (D_a, C), up (C, D_a), bias (C,))
+    g_lora: tuple                             # (down (D_g, C), up (C, D_g), None)
+    v_lora: tuple | None                      # (down (D_v, C), up (C, D_v), bias (C,)); None in layer 0
+    k_k: np.ndarray; k_a: np.ndarray          # (C,)
+    r_k: np.ndarray                           # (H, N)
+    g_norm: tuple                             # (weight, bias), each (C,)
+    ffn_x_k: np.ndarray                       # (C,)
+    ffn_key: object                           # (F, C)
+    ffn_value: object                         # (C, F)
+
+    @classmethod
+    def from_tensors(cls, p: dict, i: int, dtype, store) -> "Layer":
+        pre = f"model.layers.{i}."
+        vec = lambda name: as_float(p[pre + name], dtype)  # noqa: E731
+        pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))  # noqa: E731
+
+        def lora(kind, bias=True):
+            if pre + f"attn.{kind}_lora.lora.0.weight" not in p:
+                return None
+            down, up = (store(p[pre + f"attn.{kind}_lora.lora.{j}.weight"]) for j in (0, 2))
+            return down, up, vec(f"attn.{kind}_lora.lora.2.bias") if bias else None
+
+        return cls(attn_norm=pair("attn_norm"), ffn_norm=pair("ffn_norm"),
+                   mix=np.stack([vec(f"attn.x_{m}").reshape(-1) for m in "rwkvag"]),
+                   r_proj=store(p[pre + "attn.r_proj.weight"]), k_proj=store(p[pre + "attn.k_proj.weight"]),
+                   v_proj=store(p[pre + "attn.v_proj.weight"]), o_proj=store(p[pre + "attn.o_proj.weight"]),
+                   w_lora=lora("w"), a_lora=lora("a"), g_lora=lora("g", bias=False), v_lora=lora("v"),
+                   k_k=vec("attn.k_k"), k_a=vec("attn.k_a"), r_k=vec("attn.r_k"), g_norm=pair("attn.g_norm"),
+                   ffn_x_k=vec("ffn.x_k"), ffn_key=store(p[pre + "ffn.key.weight"]),
+                   ffn_value=store(p[pre + "ffn.value.weight"]))
+
+
+def low_rank(x, lora, activation=None):  # x (n, C) -> (n, C)
+    """act(x A^T) B^T (+ bias): two thin products, through `linear` like every matrix."""
+    down, up, bias = lora
+    h = linear(x, down)
+    if activation is not None:
+        h = activation(h)
+    y = linear(h, up)
+    return y if bias is None else y + bias
+
+
+def time_mix(lay: Layer, x, state, i, v_first, eps):  # x (B, T, C) the attn_norm output
+    # -> out (B, T, C), v_first (B*T, C); updates state layer i
+    """reference.time_mix with every product over all B*T rows at once (see its equations)."""
+    B, T, C = x.shape
+    H, N = lay.r_k.shape
+    dx = token_shift(x, state[ATT_X][:, i]) - x
+    xr, xw, xk, xv, xa, xg = ((x + dx * m).reshape(B * T, C) for m in lay.mix)
+    r, k, v = linear(xr, lay.r_proj), linear(xk, lay.k_proj), linear(xv, lay.v_proj)   # (B*T, C)
+    w_log = -_DECAY * sigmoid(low_rank(xw, lay.w_lora, np.tanh))                      # log-decay
+    iclr = sigmoid(low_rank(xa, lay.a_lora))                                         # in (0, 1)
+    g = low_rank(xg, lay.g_lora, sigmoid)
+    kk = l2_normalize((k * lay.k_k).reshape(B * T, H, N)).reshape(B * T, C)
+    k = k * (1 + (iclr - 1) * lay.k_a)
+    if lay.v_lora is None:
+        v_first = v
+    else:
+        v = v + (v_first - v) * sigmoid(low_rank(xv, lay.v_lora))
+    heads = lambda z: z.reshape(B, T, H, N)  # noqa: E731
+    y, state[WKV][:, i] = wkv7_forward(heads(r), heads(w_log), heads(k), heads(v), heads(-kk),
+                                       heads(kk * iclr), state[WKV][:, i])
+    y = group_norm(y.reshape(B, T, C), *lay.g_norm, heads=H, eps=eps).reshape(B * T, C)
+    bonus = (heads(r) * heads(k) * lay.r_k).sum(-1, keepdims=True) * heads(v)        # (B, T, H, N)
+    state[ATT_X][:, i] = x[:, -1]
+    return linear((y + bonus.reshape(B * T, C)) * g, lay.o_proj).reshape(B, T, C), v_first
+
+
+def channel_mix(lay: Layer, x, state, i):  # x (B, T, C) the ffn_norm output -> (B, T, C); updates state
+    B, T, C = x.shape
+    xk = (x + (token_shift(x, state[FFN_X][:, i]) - x) * lay.ffn_x_k).reshape(B * T, C)
+    key = np.maximum(linear(xk, lay.ffn_key), 0)
+    key *= key
+    state[FFN_X][:, i] = x[:, -1]
+    return linear(key, lay.ffn_value).reshape(B, T, C)
+
+
+class Rwkv7ForCausalLM:
+    """An RWKV-7 language model. Call it like HF's causal LMs: model(input_ids, state=...)."""
+
+    state_names = NAMES                      # the state's arrays, in order (state.py)
+
+    def __init__(self, config: Rwkv7Config, tensors: dict, dtype="float32", weights: str | None = None):
+        """tensors: HF-named (names.py). dtype: "float32" or "float64", the compute precision
+        (activations, state). weights: how matrices are kept in memory (v4.model.storage_of);
+        None = as on disk (memory-mapped float32 / float16 / bfloat16 / int8 stay so)."""
+        if dtype not in _DTYPES:
+            raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.config, self.dtype = config, np.dtype(_DTYPES[dtype])
+        d, store = self.dtype, storage_of(self.dtype, weights)
+        self.embeddings = store(tensors[EMBEDDINGS])                                       # (V, C)
+        self.pre_norm = (as_float(tensors["model.layers.0.pre_norm.weight"], d),
+                         as_float(tensors["model.layers.0.pre_norm.bias"], d))
+        self.layers = [Layer.from_tensors(tensors, i, d, store) for i in range(config.num_hidden_layers)]
+        self.norm = (as_float(tensors["model.norm.weight"], d), as_float(tensors["model.norm.bias"], d))
+        self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
+            else store(tensors[HEAD])                                                      # (V, C)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
+                        allow_nonfinite=False) -> "Rwkv7ForCausalLM":
+        """Load an RWKV-7 model: an fla directory (config.json + model.safetensors), a BlinkDL .pth
+        or an rwkv.cpp .bin (rwkv_np.load). Weights holding NaN or inf are refused unless
+        allow_nonfinite=True."""
+        from ..load import load
+        _, config, tensors = load(path, head=True, allow_nonfinite=allow_nonfinite)
+        if not isinstance(config, Rwkv7Config):
+            raise InputError(f"{os.fspath(path)}: not an RWKV-7 model ({type(config).__name__})")
+        return cls(config, tensors, dtype, weights)
+
+    def check_state(self, state, batch: int) -> list[np.ndarray]:
+        """A caller's state for `batch` sequences, validated, as new arrays in the model's dtype."""
+        return check_state(state, self.config, batch, self.dtype)
+
+    def identity(self) -> tuple[dict, bytes]:
+        """What ties a saved state to this model (state_file.py): the config fields that fix the
+        state's meaning and shapes, and bytes of the weights (each layer's r_k, rounded to float16)."""
+        fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim",
+                  "intermediate_size", "norm_eps", "group_norm_eps")
+        weights = b"".join(np.ascontiguousarray(lay.r_k, dtype="<f2").tobytes() for lay in self.layers)
+        return {f: getattr(self.config, f) for f in fields}, weights
+
+    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
+        """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
+        from ..generation import generate
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def embed(self, input_ids):  # (B, T) or (T,) ints -> (B, T, C)
+        try:
+            ids = np.asarray(input_ids)
+        except (ValueError, TypeError) as e:  # ragged nested lists...
+            raise InputError(f"input_ids: not an array of token ids ({e})") from None
+        ids = ids[None] if ids.ndim == 1 else ids
+        if ids.ndim != 2 or ids.size == 0:
+            raise InputError(f"input_ids: expected a non-empty (B, T) or (T,) array, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            if not (np.issubdtype(ids.dtype, np.floating) and np.all(ids == np.round(ids))):
+                raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
+            ids = ids.astype(np.int64)
+        V = self.config.vocab_size
+        if ids.min() < 0 or ids.max() >= V:
+            bad = ids[(ids < 0) | (ids >= V)].flat[0]
+            raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {V})")
+        return embedding_rows(self.embeddings, ids.reshape(-1), self.dtype).reshape(*ids.shape, -1)
+
+    def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
+                 output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
+                 logits_to_keep: int = 0) -> Rwkv7CausalLMOutput:
+        """attention_mask is accepted for HF compatibility and ignored (RWKV has none);
+        logits_to_keep > 0 computes the logits of the last that many positions only."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None:
+            x = np.asarray(inputs_embeds, self.dtype)
+            if x.ndim != 3 or x.shape[-1] != self.config.hidden_size or x.size == 0:
+                raise InputError(f"inputs_embeds: expected (B, T, {self.config.hidden_size}), got {x.shape}")
+        else:
+            x = self.embed(input_ids)
+        B = x.shape[0]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        state = empty_state(self.config, B, self.dtype) if state is None else self.check_state(state, B)
+        eps, gn_eps = self.config.norm_eps, self.config.group_norm_eps
+        x = layer_norm(x, *self.pre_norm, eps)
+        hidden, attentions, ffns, v_first = [], [], [], None
+        for i, lay in enumerate(self.layers):
+            att, v_first = time_mix(lay, layer_norm(x, *lay.attn_norm, eps), state, i, v_first, gn_eps)
+            x = x + att
+            ffn = channel_mix(lay, layer_norm(x, *lay.ffn_norm, eps), state, i)
+            x = x + ffn
+            if output_hidden_states:
+                hidden.append(x)
+            if output_attentions:
+                attentions.append(att)
+                ffns.append(ffn)
+        x = layer_norm(x, *self.norm, eps)
+        if output_hidden_states:
+            hidden.append(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        B, T, C = x.shape
+        logits = linear(x.reshape(B * T, C), self.head).reshape(B, T, -1)
+        return Rwkv7CausalLMOutput(
+            loss=None if labels is None else cross_entropy(logits, labels), logits=logits,
+            state=state if use_cache else None,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            feed_forward=tuple(ffns) if output_attentions else None)
+
+
+CAUSAL_LM = Rwkv7ForCausalLM  # the class generations.py's registry loads for RWKV-7
