@@ -161,3 +161,26 @@ def test_bad_inputs_are_refused(multi):
         model([[1]], state=[np.zeros((1, 3, 48)), np.zeros((1, 3, 48)), np.zeros((1, 3, 3, 16, 15))])
     with pytest.raises(InputError, match="dtype"):
         Rwkv7ForCausalLM(config, params, "float16")
+
+
+@pytest.mark.parametrize("name", ["h2n32", "h2n64", "h4n32_ranks"])
+def test_from_pretrained_blinkdl_fixture(name):
+    """tests/fixtures/v7: float16 / bfloat16 .pth files and BlinkDL's package's float32 outputs.
+    Loaded by path (rwkv_np.load), matrices kept 16-bit as on disk, the LoRAs arriving as
+    transposed views. Bound 5e-5, the fixtures' README's for a float32 engine."""
+    from pathlib import Path
+
+    from rwkv_np.formats.safetensors import read_safetensors
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "v7"
+    if not (fixtures / f"{name}.pth").exists():
+        pytest.skip(f"{fixtures / name}.pth is absent")
+    model = Rwkv7ForCausalLM.from_pretrained(fixtures / f"{name}.pth")
+    want, _ = read_safetensors(str(fixtures / f"{name}.expected.safetensors"))
+    out = model(want["prompt.input_ids"])
+    assert np.max(np.abs(out.logits[0] - want["prompt.logits_full"])) < 5e-5
+    state = out.state
+    for t, token in enumerate(want["steps.input_ids"]):
+        step = model([[token]], state=state)
+        assert np.max(np.abs(step.logits[0, 0] - want["steps.logits"][t])) < 5e-5
+        state = step.state

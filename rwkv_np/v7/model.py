@@ -70,7 +70,10 @@ class Layer:
         def lora(kind, bias=True):
             if pre + f"attn.{kind}_lora.lora.0.weight" not in p:
                 return None
-            down, up = (store(p[pre + f"attn.{kind}_lora.lora.{j}.weight"]) for j in (0, 2))
+            # A BlinkDL or rwkv.cpp file's LoRA matrices arrive as transposed views (names.py);
+            # `linear` reads rows, so they are copied once here (.copy keeps a Bfloat16 a Bfloat16).
+            down, up = (p[pre + f"attn.{kind}_lora.lora.{j}.weight"] for j in (0, 2))
+            down, up = (store(m if m.flags.c_contiguous else m.copy(order="C")) for m in (down, up))
             return down, up, vec(f"attn.{kind}_lora.lora.2.bias") if bias else None
 
         return cls(attn_norm=pair("attn_norm"), ffn_norm=pair("ffn_norm"),
