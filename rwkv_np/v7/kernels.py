@@ -8,8 +8,9 @@ Parallel over (batch row x head), sequential over tokens. Two choices make the l
 without fastmath (no reassociation: float sums run in the written order):
 - Each job keeps its head's state transposed, St[j][i] = S[i][j] (key-major), so every inner loop
   runs over the value index i with contiguous, independent lanes: no horizontal sums.
-- One pass over St per token: while St is updated with token t, the same loop accumulates
-  y_t = S_t r_t and S_t a_{t+1} (the "sa" the next token needs), so St is read once per token.
+- One sweep over St per token: each key row j is updated with token t and, while it is in L1,
+  added into y_t = S_t r_t and into S_t a_{t+1} (the "sa" the next token needs), so St is
+  streamed once per token instead of twice.
 """
 from __future__ import annotations
 
