@@ -1,4 +1,4 @@
-"""rwkv-np: generate, chat, score and inspect RWKV-4 models from the command line.
+"""rwkv-np: generate, chat, score and inspect RWKV models from the command line.
 
     rwkv-np generate "Once upon a time" --max-new-tokens 50 --seed 1
     echo "Hello" | rwkv-np generate --temperature 0          # prompt from stdin, greedy
@@ -43,10 +43,10 @@ def common_options() -> argparse.ArgumentParser:
 
 def model_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", metavar="DIR", default=demo_model_dir(),
-                   help="HF-layout model directory: config.json, model.safetensors (or shards) and"
-                        " tokenizer.json (none for byte models); the default is the demo model in"
-                        " rwkv_np/assets/")
+    p.add_argument("--model", metavar="PATH", default=demo_model_dir(),
+                   help="model directory (config.json, model.safetensors or pytorch_model.bin, and"
+                        " tokenizer.json unless a byte model) or a single .safetensors, .pth or"
+                        " rwkv.cpp .bin file; the default is the demo model in rwkv_np/assets/")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
     p.add_argument("--weights", choices=[s for s in STORAGES if s != "float64"], default=None,
                    help="how matrices are kept in memory (default: as in the file); 16-bit and int8"
@@ -96,13 +96,13 @@ def unescape(text: str) -> str:
 def load(args):
     """(model, tokenizer) of --model."""
     from .threads import set_threads
-    from .model import RwkvForCausalLM
     from .tokenizer import Tokenizer
+    from .v4.model import RwkvForCausalLM  # loads any generation's model (from_pretrained dispatches)
 
     if args.model is None:
-        raise InputError("--model: no model directory given, and no demo model in rwkv_np/assets/")
-    if not os.path.isdir(args.model):
-        raise InputError(f"--model: {args.model} is not a directory")
+        raise InputError("--model: no model given, and no demo model in rwkv_np/assets/")
+    if not os.path.exists(args.model):
+        raise InputError(f"--model: {args.model}: no such file or directory")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads: expected a number of threads >= 1, got {args.threads}")
     set_threads(args.threads)
@@ -305,19 +305,23 @@ def run_info(args) -> int:
 
     import numpy as np
 
-    from .config import RwkvConfig
-    from .weights import load_state_dict
+    from .load import load
+    from .storage import Bfloat16
 
-    if args.model is None or not os.path.isdir(args.model):
-        raise InputError(f"--model: {args.model} is not a model directory")
-    config = RwkvConfig.from_pretrained(args.model)
-    tensors = load_state_dict(args.model)
-    dtypes = Counter("bfloat16" if type(x).__name__ == "_Bf16" else str(x.dtype) for x in tensors.values())
-    files = [f for f in os.listdir(args.model) if f.endswith(".safetensors") and f.startswith("model")]
-    size = sum(os.path.getsize(os.path.join(args.model, f)) for f in files)
+    if args.model is None:
+        raise InputError("--model: no model given, and no demo model in rwkv_np/assets/")
+    if not os.path.exists(args.model):
+        raise InputError(f"--model: {args.model}: no such file or directory")
+    gen, config, tensors = load(args.model, allow_nonfinite=True)  # names and shapes checked
+    dtypes = Counter("bfloat16" if isinstance(x, Bfloat16) else str(x.dtype) for x in tensors.values())
+    if os.path.isdir(args.model):
+        files = [f for f in os.listdir(args.model) if f.endswith((".safetensors", ".bin")) and "model" in f]
+        size = sum(os.path.getsize(os.path.join(args.model, f)) for f in files)
+    else:
+        files, size = [os.path.basename(args.model)], os.path.getsize(args.model)
     tokenizer = "tokenizer.json" if os.path.isfile(os.path.join(args.model, "tokenizer.json")) else \
         ("bytes (vocab 256)" if config.vocab_size == 256 else "none")
-    print(f"model       {os.path.abspath(args.model)}")
+    print(f"model       {os.path.abspath(args.model)} ({gen.title})")
     print(f"parameters  {sum(int(np.prod(x.shape)) for x in tensors.values()):,} in {len(tensors)} tensors")
     print(f"dtypes      {', '.join(f'{k} x{v}' for k, v in sorted(dtypes.items()))} (on disk)")
     print(f"file size   {size / 2**20:.2f} MiB ({', '.join(sorted(files))})")

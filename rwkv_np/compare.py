@@ -18,13 +18,12 @@ import numpy as np
 
 from .errors import InputError, ModelFileError
 from .golden import BRANCHES, CANDIDATE, FORMAT, GOLDEN, MANIFEST
-from .state import NAMES as STATE_NAMES
 
 # ---------------------------------------------------------------- reading bundles and candidates
 
 def read_bundle(path) -> tuple[dict, dict[str, np.ndarray]]:
     """(manifest, golden float64 tensors) of a bundle directory."""
-    from .weights import read_safetensors
+    from .formats.safetensors import read_safetensors
     path = os.fspath(path)
     file = os.path.join(path, MANIFEST)
     try:
@@ -39,7 +38,8 @@ def read_bundle(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def read_candidate(path, vocab_size: int) -> dict[str, np.ndarray]:
     """A candidate's tensors by golden name (see the module docstring for the accepted forms)."""
-    from .weights import as_float, is_bf16, read_safetensors
+    from .formats.safetensors import read_safetensors
+    from .storage import Bfloat16, as_float
     path = os.fspath(path)
     if os.path.isdir(path):
         for name in (CANDIDATE, GOLDEN):
@@ -49,7 +49,7 @@ def read_candidate(path, vocab_size: int) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file or directory")
     if path.endswith(".safetensors"):
-        return {n: as_float(x, np.float64) if is_bf16(x) else x  # bfloat16 bits
+        return {n: as_float(x, np.float64) if isinstance(x, Bfloat16) else x  # bfloat16 bits
                 for n, x in read_safetensors(path)[0].items()}
     if path.endswith(".npy"):
         try:
@@ -91,7 +91,7 @@ class Comparison:
         return self.generated_ok and all(r.bad == 0 for r in self.results)
 
 
-def _place(name: str, L: int):
+def _place(name: str, L: int, state_names: list):
     """(prompt, layer order, layer label, branch order) of a golden tensor name."""
     prompt, rest = name.split(".", 1)
     if rest.startswith("blocks."):
@@ -101,13 +101,15 @@ def _place(name: str, L: int):
         return prompt, L, "ln_out", 0
     if rest == "logits":
         return prompt, L + 1, "head (logits)", 0
-    return prompt, L + 2, "final state", STATE_NAMES.index(rest.split(".")[1])
+    return prompt, L + 2, "final state", state_names.index(rest.split(".")[1])
 
 
 def compare(golden_dir, candidate, atol_scale: float = 1.0) -> Comparison:
     """Judge a candidate against a golden bundle with the manifest's per-tensor atol (times atol_scale)."""
     manifest, golden = read_bundle(golden_dir)
     config = manifest["model"]["config"]
+    # bundles of version 0.1 name no state arrays: theirs are RWKV-4's
+    state_names = manifest["model"].get("state_names", ["ffn_x", "att_x", "num", "den", "max"])
     L = config["num_hidden_layers"]
     cand = read_candidate(candidate, config["vocab_size"])
     unknown = sorted(set(cand) - set(golden))
@@ -140,7 +142,7 @@ def compare(golden_dir, candidate, atol_scale: float = 1.0) -> Comparison:
                          shift(tuple(int(i) for i in worst)), atol, len(bad), first and shift(first))
         result.results.append(r)
         if first is not None:
-            prompt, order, label, branch = _place(name, L)
+            prompt, order, label, branch = _place(name, L, state_names)
             position = r.first_bad[0] if positional else None
             firsts.append(((int(prompt[6:]), order, -1 if position is None else position, branch),
                            {"prompt": prompt, "layer": label, "position": position, "tensor": name,

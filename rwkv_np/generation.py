@@ -38,7 +38,7 @@ DEFAULT_PREFILL_CHUNK_SIZE = 256  # tokens per model call while prefilling: ~(ch
 @dataclass
 class GenerateOutput:
     sequences: np.ndarray          # (B, P + N) int64: prompts (left-padded) + generated, pad after a stop
-    state: list                    # five (B, H, L): each row after every token of its sequence
+    state: list                    # model.state_names' arrays, batch first: each row after every token
     new_tokens: list               # B lists of generated ids
     stop_reasons: list             # per row: eos | stop_sequence | stop_string | stopping_criteria | length
 
@@ -145,16 +145,16 @@ def generate_tokens(model, input_ids, max_new_tokens: int = 20, *, attention_mas
 
     # Prefill: one batched pass when the rows are equally long, else row by row (no padding
     # ever reaches the model), then stack the rows' logits and states.
-    if state is not None and (not isinstance(state, (list, tuple)) or len(state) != 5
+    if state is not None and (not isinstance(state, (list, tuple))
                               or any(np.shape(s)[:1] != (B,) for s in state)):
-        raise InputError(f"state: expected five arrays with a leading batch dimension of {B}")
+        raise InputError(f"state: expected a list of arrays with a leading batch dimension of {B}")
     if len({len(p) for p in prompts}) == 1:
         logits, state = prefill(model, np.stack(prompts), state, prefill_chunk_size)
     else:
         parts = [prefill(model, p[None], None if state is None else [s[b:b + 1] for s in state],
                          prefill_chunk_size) for b, p in enumerate(prompts)]
         logits = np.concatenate([lg for lg, _ in parts])
-        state = [np.concatenate([st[k] for _, st in parts]) for k in range(5)]
+        state = [np.concatenate([st[k] for _, st in parts]) for k in range(len(parts[0][1]))]
     final_state = [np.array(s) for s in state]
 
     P = max(len(p) for p in prompts)
@@ -202,7 +202,7 @@ def generate_tokens(model, input_ids, max_new_tokens: int = 20, *, attention_mas
         # Feed the new tokens (also those of rows that just stopped, so that their state covers
         # them), park the states of finished rows and drop those rows from the batch.
         logits, state = decode_one(model, tokens, state)
-        for k in range(5):
+        for k in range(len(state)):
             final_state[k][active[done]] = state[k][done]
         keep = ~done
         active, logits, state = active[keep], logits[keep], [s[keep] for s in state]
@@ -227,7 +227,7 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, return_dict_in_gener
           lists, stop_strings: str or strs matched on the generated text (tokenizer= required),
           stopping_criteria: callables (input_ids (B, T), scores (B, V)) -> bool or (B,) bools.
       seed: int, numpy Generator, or one of those per row (row b then equals a batch-of-one
-          run with seed[b]); state: five (B, H, L) arrays to start from [None = empty];
+          run with seed[b]); state: the model's state arrays to start from [None = empty];
           prefill_chunk_size [256].
     """
     gen = generate_tokens(model, input_ids, max_new_tokens, **kwargs)

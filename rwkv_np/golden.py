@@ -32,8 +32,8 @@ import sys
 import numpy as np
 
 from .errors import InputError
-from .state import NAMES as STATE_NAMES
-from .weights import is_bf16
+from .generations import of_config
+from .storage import Bfloat16
 
 FORMAT, FORMAT_VERSION = "rwkv_np-golden", 1
 MANIFEST, GOLDEN, FAST, CANDIDATE = "manifest.json", "golden.safetensors", "float32.safetensors", "candidate.safetensors"
@@ -56,9 +56,11 @@ def _greedy(step, logits, n):  # logits (V,) of the last prompt token; step(toke
 
 
 def run_reference(params, config, ids, new_tokens, chunk=128, tick=lambda n: None):  # ids (T,)
-    """{name: float64 array} for one prompt by reference.forward (chunks of `chunk` tokens,
-    state carried), plus the greedy ids and top-1 minus top-2 logit margins."""
-    from .reference import forward
+    """{name: float64 array} for one prompt (ids (T,)) by the generation's reference.forward
+    (chunks of `chunk` tokens, state carried), plus the greedy ids and top-1 minus top-2 logit
+    margins."""
+    gen = of_config(config)
+    forward, state_names = gen.module("reference").forward, gen.module("state").NAMES
     parts, state = [], None
     for start in range(0, len(ids), chunk):
         out = forward(params, config, np.asarray(ids[start:start + chunk])[None], state)
@@ -72,7 +74,7 @@ def run_reference(params, config, ids, new_tokens, chunk=128, tick=lambda n: Non
         t[f"blocks.{i}.attention"] = cat(lambda p: p["attentions"][i])
         t[f"blocks.{i}.feed_forward"] = cat(lambda p: p["feed_forward"][i])
         t[f"blocks.{i}.output"] = cat(lambda p: p["hidden_states"][i])
-    for name, s in zip(STATE_NAMES, state):
+    for name, s in zip(state_names, state):
         t[f"state.{name}"] = s[0]
 
     def step(token):
@@ -95,7 +97,7 @@ def run_fast(model, ids, new_tokens, tick=lambda n: None):  # ids (T,)
         t[f"blocks.{i}.attention"] = out.attentions[i][0]
         t[f"blocks.{i}.feed_forward"] = out.feed_forward[i][0]
         t[f"blocks.{i}.output"] = out.hidden_states[i][0]
-    for name, s in zip(STATE_NAMES, out.state):
+    for name, s in zip(model.state_names, out.state):
         t[f"state.{name}"] = s[0]
     state = out.state
 
@@ -126,7 +128,7 @@ def model_files(path: str) -> dict[str, str]:
 
 
 def _dtype_name(x) -> str:
-    return "bfloat16" if is_bf16(x) else str(x.dtype)
+    return "bfloat16" if isinstance(x, Bfloat16) else str(x.dtype)
 
 
 def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int = 16,
@@ -136,33 +138,32 @@ def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int 
     from tqdm import tqdm
 
     from . import __version__
-    from .convert import load_checkpoint
-    from .model import RwkvForCausalLM
-    from .weights import as_float
+    from .load import load
+    from .storage import as_float
 
-    config, tensors = load_checkpoint(model_path)
+    gen, config, tensors = load(model_path)
     for n, ids in enumerate(prompts):
         if len(ids) == 0:
             raise InputError(f"prompt {n}: no tokens")
         bad = [i for i in ids if not 0 <= i < config.vocab_size]
         if bad:
             raise InputError(f"prompt {n}: token id {bad[0]} is outside the vocabulary [0, {config.vocab_size})")
-    fast = RwkvForCausalLM(config, tensors, "float32")
+    fast = gen.module("model").CAUSAL_LM(config, tensors, "float32")
     params = {name: as_float(x, np.float64) for name, x in tensors.items()}  # once, not per call
     golden, float32, prompt_info = {}, {}, []
     total = 2 * sum(len(p) + max(new_tokens - 1, 0) for p in prompts)
     with tqdm(total=total, unit="tok", desc="golden", disable=not progress) as bar:
         for n, ids in enumerate(prompts):
-            ref, gen, margins = run_reference(params, config, ids, new_tokens, tick=bar.update)
+            ref, greedy, margins = run_reference(params, config, ids, new_tokens, tick=bar.update)
             f32, gen32 = run_fast(fast, ids, new_tokens, tick=bar.update)
             for name in ref:
                 golden[f"prompt{n}.{name}"] = np.ascontiguousarray(ref[name], np.float64)
                 float32[f"prompt{n}.{name}"] = np.ascontiguousarray(f32[name], np.float32)
-            for store, g in ((golden, gen), (float32, gen32)):
+            for store, g in ((golden, greedy), (float32, gen32)):
                 store[f"prompt{n}.input_ids"] = np.asarray(ids, np.int64)
                 store[f"prompt{n}.generated_ids"] = np.asarray(g, np.int64)
             prompt_info.append({"name": f"prompt{n}", "input_ids": [int(i) for i in ids],
-                                "text": texts[n] if texts else None, "generated_ids": gen,
+                                "text": texts[n] if texts else None, "generated_ids": greedy,
                                 "generated_ids_float32": gen32, "generated_margins": margins})
     noise, tolerances = {}, {}
     for name, g in golden.items():
@@ -176,6 +177,7 @@ def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int 
         "format": FORMAT, "format_version": FORMAT_VERSION, "rwkv_np_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": os.path.abspath(model_path), "files_sha256": model_files(model_path),
+                  "generation": gen.title, "state_names": list(fast.state_names),
                   "config": config.to_dict(), "dtypes_on_disk": sorted({_dtype_name(x) for x in tensors.values()})},
         "files": {GOLDEN: "reference path (reference.py), float64",
                   FAST: "fast path (model.py), float32"},

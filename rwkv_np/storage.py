@@ -2,7 +2,7 @@
 
   "float32" / "float64"  a plain C-contiguous ndarray (out, in)
   "float16"              a plain np.float16 ndarray (out, in)
-  "bfloat16"             Bf16Weight: the upper 16 bits of each float32, as uint16 (numpy has no
+  "bfloat16"             Bfloat16: the upper 16 bits of each float32, as uint16 (numpy has no
                          bfloat16); widening is a 16-bit left shift
   "int8"                 Int8Weight: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j]
 
@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-from .errors import InputError
+from .errors import InputError, ModelFileError
 
 STORAGES = ("float32", "float64", "float16", "bfloat16", "int8")
 
@@ -23,20 +23,43 @@ FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind
 NO_SCALE = np.ones(0, np.float32)
 
 
-class Bf16Weight:
-    """A bfloat16 matrix kept as its raw bits: `bits` (out, in) uint16, value = bits << 16."""
+class Bfloat16(np.ndarray):
+    """bfloat16 values kept as their raw bits: a uint16 array (NumPy has no bfloat16) whose
+    float32 value is bits << 16. The one bfloat16 type of rwkv_np: BF16 tensors read from a file
+    and matrices stored as bfloat16 alike (`Bfloat16(bits)` views uint16 bits as one)."""
     storage = "bfloat16"
 
-    def __init__(self, bits: np.ndarray):  # (out, in) uint16
-        self.bits = np.ascontiguousarray(bits, dtype=np.uint16)
-        self.shape = self.bits.shape
-        self.nbytes = self.bits.nbytes
+    def __new__(cls, bits: np.ndarray):  # (...) uint16
+        return np.ascontiguousarray(bits, dtype=np.uint16).view(cls)
 
-    def to_float32(self) -> np.ndarray:  # -> (out, in) float32
-        return rows_as_float((self.bits, BF16, NO_SCALE), 0, self.shape[0])
+    def to_float32(self) -> np.ndarray:  # -> same shape, float32
+        return bf16_to_float32(self)
 
-    def __repr__(self):
-        return f"Bf16Weight(shape={self.shape})"
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:  # uint16 bits (any shape) -> float32
+    """A bfloat16 is the top half of a float32's bits."""
+    return (np.asarray(bits).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16(x: np.ndarray) -> np.ndarray:  # float32 (any shape) -> uint16 bits
+    """The one float32 -> bfloat16 rounding: to nearest, ties to even, as torch's .to(bfloat16).
+
+    Add 0x7FFF plus the lowest kept bit, then drop the low 16 bits: a carry out of the mantissa
+    bumps the exponent, so the largest finite values round to inf as they should. A NaN keeps its
+    sign and top payload bits with the quiet bit set: the carry could otherwise turn a NaN into
+    inf or, through the sign bit, into zero."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16
+    return np.where(np.isnan(u.view(np.float32)), (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
+
+
+def as_float(x, dtype) -> np.ndarray:  # any stored tensor -> ndarray of `dtype`
+    """A tensor as float32 or float64; float32 data asked as float32 is not copied."""
+    if isinstance(x, (Int8Weight, Bfloat16)):
+        x = x.to_float32()
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ModelFileError(f"tensor of dtype {x.dtype} where a floating-point weight is expected")
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 class Int8Weight:
@@ -83,11 +106,7 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
         return np.ascontiguousarray(W, dtype=storage)
     W = np.ascontiguousarray(W, dtype=np.float32)
     if storage == "bfloat16":
-        u = W.view(np.uint32)
-        rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16
-        keep_nan = np.isnan(W)  # rounding could carry a NaN's payload into inf; keep it quiet NaN
-        bits = np.where(keep_nan, (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
-        return Bf16Weight(bits)
+        return Bfloat16(float32_to_bf16(W))
     col_scale = None
     if col_scales:
         col_scale = np.abs(W).max(axis=0)
@@ -99,9 +118,40 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
     return Int8Weight(q, row_scale, col_scale)
 
 
+def storage_of(dtype, weights: str | None):
+    """The function that puts a matrix (out, in) into memory for `linear`.
+
+    weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16,
+    bfloat16 or int8 (`rwkv-np quantize` files; a float64 model widens 16-bit and int8 matrices to
+    float64); "float32", "float16", "bfloat16" or "int8" stores every matrix that way (16-bit and
+    int8 are widened inside linear's kernels: half / a quarter of the bytes per token; an int8
+    file asked for int8 stays mapped, asked for another storage is dequantized first)."""
+    if weights is not None and weights not in STORAGES:
+        raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
+
+    def store(x):
+        if isinstance(x, Int8Weight):
+            if weights == "int8" or (weights is None and dtype == np.float32):
+                return x
+            x = x.to_float32()
+        if weights is None and dtype == np.float32 and (x.dtype == np.float16 or isinstance(x, Bfloat16)):
+            return store_as(x, "float16" if x.dtype == np.float16 else "bfloat16")
+        if weights is None or weights == dtype.name:
+            return as_float(x, dtype)
+        return store_as(x, weights)
+
+    def store_as(x, weights):
+        if weights == "float16" and x.dtype == np.float16:
+            return x                                       # already 16-bit on disk: no copy
+        if weights == "bfloat16" and isinstance(x, Bfloat16):
+            return x
+        return prepare_weight(as_float(x, np.float32), weights)
+    return store
+
+
 def dequantize(W) -> np.ndarray:  # -> (out, in) float ndarray: the matrix `linear` multiplies by
     """The float matrix a stored weight stands for (float32 unless W is a float64 ndarray)."""
-    if isinstance(W, (Bf16Weight, Int8Weight)):
+    if isinstance(W, (Bfloat16, Int8Weight)):
         return W.to_float32()
     return W if W.dtype == np.float64 else W.astype(np.float32)
 
@@ -124,8 +174,9 @@ def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
         if W.dtype == np.float16:
             return (W.view(np.uint16), F16, NO_SCALE), None
         return (np.ascontiguousarray(W), FLOAT, NO_SCALE), None
-    if isinstance(W, Bf16Weight):  # as uint32 pairs when the rows have an even length
-        return (W.bits.view(np.uint32) if W.shape[1] % 2 == 0 else W.bits, BF16, NO_SCALE), None
+    if isinstance(W, Bfloat16):  # as uint32 pairs when the rows have an even length
+        bits = W.view(np.ndarray)
+        return (bits.view(np.uint32) if W.shape[1] % 2 == 0 else bits, BF16, NO_SCALE), None
     if isinstance(W, Int8Weight):
         return (W.q, I8, W.row_scale), W.col_scale
     raise InputError(f"linear: unsupported weight {type(W).__name__} "
@@ -139,12 +190,35 @@ def embedding_rows(E, ids, dtype=np.float32) -> np.ndarray:  # E stored (V, H), 
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         bad = ids[(ids < 0) | (ids >= V)].flat[0]
         raise InputError(f"token id {bad} is outside the vocabulary [0, {V})")
-    if isinstance(E, Bf16Weight):
-        return (E.bits[ids].astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
+    if isinstance(E, Bfloat16):
+        return bf16_to_float32(E.view(np.ndarray)[ids]).astype(dtype, copy=False)
     if isinstance(E, Int8Weight):
         rows = E.q[ids].astype(dtype) * E.row_scale[ids, None]
         return rows if E.col_scale is None else rows * E.col_scale
     return np.asarray(E[ids], dtype=dtype)
+
+
+def embed(E, input_ids, dtype) -> np.ndarray:  # E stored (V, C), input_ids (B, T) or (T,) -> (B, T, C)
+    """The embeddings of a caller's token ids, which are checked first: one clear InputError for
+    ragged, empty, non-integer or out-of-vocabulary ids."""
+    try:
+        ids = np.asarray(input_ids)
+    except (ValueError, TypeError) as e:  # ragged nested lists...
+        raise InputError(f"input_ids: not an array of token ids ({e})") from None
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.size == 0:
+        raise InputError(f"input_ids: expected a non-empty (B, T) or (T,) array, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        if not (np.issubdtype(ids.dtype, np.floating) and np.all(np.isfinite(ids))
+                and np.all(ids == np.round(ids))):
+            raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+    V = E.shape[0]
+    if ids.min() < 0 or ids.max() >= V:
+        bad = ids[(ids < 0) | (ids >= V)].flat[0]
+        raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {V})")
+    return embedding_rows(E, ids.reshape(-1), dtype).reshape(*ids.shape, -1)
 
 
 # ---------------------------------------------------------------- element widening (in registers)

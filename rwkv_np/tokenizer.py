@@ -7,7 +7,8 @@ Two kinds here, one interface (`encode`, `decode`, `token_bytes`, `__call__`):
     so decode(encode(x)) == x holds for NFC text (other text comes back NFC-normalized).
   * `ByteTokenizer` -- token id = one UTF-8 byte (vocab 256), for byte models such as rwkv.cpp's
     tiny test models; used when a model directory has no tokenizer.json and vocab_size is 256.
-(The third kind, `WorldTokenizer` of the RWKV-5/6/7 World models, is in world_tokenizer.py.)
+  * `WorldTokenizer` -- the RWKV World vocabulary of the RWKV-5/6/7 World models (vocab 65536),
+    greedy longest match over bytes (world_vocab.py), ids identical to BlinkDL's TRIE_TOKENIZER.
 
 Every token of both kinds is a fixed byte string (`token_bytes`), so text is decoded from bytes:
 `StreamDecoder` feeds those bytes through an incremental UTF-8 decoder and therefore never emits
@@ -16,11 +17,13 @@ half a character, however the tokens cut the bytes.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 
 import numpy as np
 
 from .errors import InputError, ModelFileError
+from .world_vocab import SHIPPED_VOCAB, WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, build_trie, encode_greedy, read_vocab
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -60,7 +63,6 @@ class Tokenizer:
         ByteTokenizer and one with 65536 (a World model) the shipped WorldTokenizer (`vocab_size`
         overrides the config lookup).
         """
-        from .world_tokenizer import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, WorldTokenizer  # imports this module
         path = os.fspath(path)
         if os.path.isfile(path):
             return WorldTokenizer.from_file(path) if path.endswith(".txt") else BpeTokenizer.from_file(path)
@@ -70,8 +72,8 @@ class Tokenizer:
         if os.path.isfile(os.path.join(path, WORLD_VOCAB_FILE)):
             return WorldTokenizer.from_file(os.path.join(path, WORLD_VOCAB_FILE))
         if vocab_size is None:
-            from .config import RwkvConfig  # only for the byte-model fallback
-            vocab_size = RwkvConfig.from_pretrained(path).vocab_size
+            from .load import read_config  # only for the fallbacks: the config's vocab_size
+            vocab_size = read_config(path)[1].vocab_size
         if vocab_size == 256:
             return ByteTokenizer()
         if vocab_size == WORLD_VOCAB_SIZE:
@@ -220,3 +222,73 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
+
+
+# -- World -----------------------------------------------------------------------------------
+class WorldTokenizer(Tokenizer):
+    """The RWKV World tokenizer: ids identical to TRIE_TOKENIZER's (rwkv pip package)."""
+
+    vocab_size = WORLD_VOCAB_SIZE
+    eos_token_id = 0
+    pad_token_id = 0
+
+    def __init__(self, vocab: list[bytes], source: str = "<vocab>"):
+        """`vocab[i]` = the bytes of token i (b"" for ids that are no entry, such as 0)."""
+        self.source = source
+        if len(vocab) > WORLD_VOCAB_SIZE:
+            raise ModelFileError(f"{source}: {len(vocab)} ids, more than the {WORLD_VOCAB_SIZE} of a World model")
+        self._bytes = list(vocab) + [b""] * (WORLD_VOCAB_SIZE - len(vocab))  # id -> bytes
+        ids = [i for i, t in enumerate(self._bytes) if t]
+        if len(set(self._bytes[i] for i in ids)) != len(ids):
+            raise ModelFileError(f"{source}: two ids stand for the same bytes")
+        ids.sort(key=self._bytes.__getitem__)
+        entries = [self._bytes[i] for i in ids]
+        singles = {t[0] for t in entries if len(t) == 1}
+        if len(singles) != 256:
+            missing = min(set(range(256)) - singles)
+            raise ModelFileError(f"{source}: byte {missing:#04x} is no token; a World vocabulary has all 256")
+        self._trie = build_trie(entries, ids)  # node_byte, node_token, child_lo, child_hi (N,) each
+
+    @classmethod
+    def from_file(cls, file: str | os.PathLike) -> "WorldTokenizer":
+        file = os.fspath(file)
+        return cls(read_vocab(file), source=file)
+
+    @classmethod
+    def default(cls) -> "WorldTokenizer":
+        """The vocabulary shipped in rwkv_np/assets/rwkv-world/, read once per process."""
+        return _shipped()
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Ids of any byte string, valid UTF-8 or not (TRIE_TOKENIZER.encodeBytes)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError(f"tokenizer: data must be bytes, got {type(data).__name__}")
+        src = np.frombuffer(data, dtype=np.uint8)  # (n,)
+        return encode_greedy(src, *self._trie).tolist()
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"tokenizer: text must be a str, got {type(text).__name__}")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: a Python str may hold one, UTF-8 cannot
+            raise InputError(f"tokenizer: text holds U+{ord(text[e.start]):04X} (a lone surrogate) at index"
+                             f" {e.start}, which UTF-8 cannot encode") from None
+        return self.encode_bytes(data)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < WORLD_VOCAB_SIZE:
+            raise InputError(f"tokenizer: token id {token_id} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
+        return self._bytes[token_id]
+
+    def decode_bytes(self, ids) -> bytes:  # one range check for the whole sequence
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= WORLD_VOCAB_SIZE):
+            bad = ids[(ids < 0) | (ids >= WORLD_VOCAB_SIZE)][0]
+            raise InputError(f"tokenizer: token id {bad} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
+        return b"".join(map(self._bytes.__getitem__, ids.tolist()))
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> WorldTokenizer:
+    return WorldTokenizer.from_file(SHIPPED_VOCAB)

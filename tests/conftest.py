@@ -29,7 +29,7 @@ def random_state_dict(config, seed: int = 0, scale: float = 0.4) -> dict:
     time_decay in [-6, 3], time_first in [-3, 3], time_mix in [0, 1], LayerNorm weights near 1."""
     import numpy as np
 
-    from rwkv_np.weights import expected_shapes
+    from rwkv_np.v4.names import expected_shapes
 
     rng = np.random.default_rng(seed)
     sd = {}

@@ -13,9 +13,9 @@ import pytest
 from conftest import FIXTURES
 import rwkv_np
 from rwkv_np import InputError, RwkvForCausalLM
-from rwkv_np.convert import (convert, hf_to_rwkv_pip, hf_to_rwkvcpp, load_checkpoint, rwkv_pip_to_hf,
-                             rwkvcpp_to_hf)
-from rwkv_np.weights import as_float
+from rwkv_np.convert import convert, load_checkpoint
+from rwkv_np.v4.state import from_rwkv_pip, from_rwkvcpp, to_rwkv_pip, to_rwkvcpp
+from rwkv_np.storage import as_float
 
 
 def labelled_state(B=2, H=3, L=4):
@@ -29,7 +29,7 @@ def test_hf_to_rwkv_pip_to_hf_round_trips_exactly():
     rng = np.random.default_rng(0)
     state = [rng.normal(size=(1, 16, 3)).astype(np.float32) for _ in range(5)]
     state[4][:, :, 0] = -1e38  # a layer that has seen no token yet
-    back = rwkv_pip_to_hf(hf_to_rwkv_pip(state))
+    back = from_rwkv_pip(to_rwkv_pip(state))
     for a, b in zip(state, back):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
@@ -37,7 +37,7 @@ def test_hf_to_rwkv_pip_to_hf_round_trips_exactly():
 
 def test_rwkv_pip_layout_is_att_x_num_den_max_ffn_x_per_layer():
     state = labelled_state()
-    pip = hf_to_rwkv_pip(state, index=1)
+    pip = to_rwkv_pip(state, index=1)
     assert len(pip) == 5 * 4 and pip[0].shape == (3,)
     for layer in range(4):
         for j, hf_kind in enumerate([1, 2, 3, 4, 0]):  # att_x, num (aa), den (bb), max (pp), ffn_x
@@ -46,24 +46,24 @@ def test_rwkv_pip_layout_is_att_x_num_den_max_ffn_x_per_layer():
 
 def test_rwkvcpp_layout_is_ffn_x_att_x_num_den_max_per_layer_and_round_trips():
     state = labelled_state()
-    flat = hf_to_rwkvcpp(state, index=1)
+    flat = to_rwkvcpp(state, index=1)
     assert flat.dtype == np.float32 and flat.shape == (5 * 4 * 3,)
     np.testing.assert_array_equal(flat[:6], [100, 101, 102, 1100, 1101, 1102])      # layer 0: ffn_x, att_x
     np.testing.assert_array_equal(flat[15:18], [110, 111, 112])                   # layer 1's ffn_x
-    back = rwkvcpp_to_hf(flat, n_layer=4)
+    back = from_rwkvcpp(flat, n_layer=4)
     for a, b in zip(state, back):
         np.testing.assert_array_equal(a[1:2], b)
 
 
 def test_bad_states_are_clear_errors():
     with pytest.raises(InputError, match="list of 5"):
-        hf_to_rwkv_pip([np.zeros((1, 2, 3))] * 4)
+        to_rwkv_pip([np.zeros((1, 2, 3))] * 4)
     with pytest.raises(InputError, match="index: 2 is outside the batch of 2"):
-        hf_to_rwkvcpp(labelled_state(), index=2)
+        to_rwkvcpp(labelled_state(), index=2)
     with pytest.raises(InputError, match="5\\*L arrays"):
-        rwkv_pip_to_hf([np.zeros(3)] * 7)
+        from_rwkv_pip([np.zeros(3)] * 7)
     with pytest.raises(InputError, match="61 values"):
-        rwkvcpp_to_hf(np.zeros(61), n_layer=4)
+        from_rwkvcpp(np.zeros(61), n_layer=4)
 
 
 def test_state_made_by_rwkv_np_continues_in_the_rwkv_package(monkeypatch):
@@ -80,14 +80,14 @@ def test_state_made_by_rwkv_np_continues_in_the_rwkv_package(monkeypatch):
     full = ours([prompt + rest]).logits[0, -1]
 
     state = ours([prompt]).state
-    pip_state = [torch.from_numpy(x) for x in hf_to_rwkv_pip(state)]
+    pip_state = [torch.from_numpy(x) for x in to_rwkv_pip(state)]
     logits, pip_after = theirs.forward(rest, pip_state)
     assert np.abs(logits.numpy() - full).max() < 1e-4
 
     _, pip_prompt = theirs.forward(prompt, None)
-    mine = ours([rest], state=rwkv_pip_to_hf(pip_prompt)).logits[0, -1]
+    mine = ours([rest], state=from_rwkv_pip(pip_prompt)).logits[0, -1]
     assert np.abs(mine - full).max() < 1e-4
-    for a, b in zip(rwkv_pip_to_hf(pip_after), ours([prompt + rest]).state):
+    for a, b in zip(from_rwkv_pip(pip_after), ours([prompt + rest]).state):
         assert np.abs(a - b).max() < 1e-4
 
 

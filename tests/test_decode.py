@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from conftest import random_state_dict
 
-from rwkv_np import RwkvConfig, RwkvForCausalLM, decode, reference
+from rwkv_np import RwkvConfig, RwkvForCausalLM
+from rwkv_np.v4 import decode, reference
 from rwkv_np.storage import dequantize, prepare_weight
 
 # Odd sizes so that no loop divides evenly; rescale_every=2 exercises HF's halving.

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import FIXTURES, REPO, random_state_dict
 from rwkv_np import ConfigError, InputError, ModelFileError, RwkvConfig, RwkvError, RwkvForCausalLM
-from rwkv_np.weights import expected_shapes
+from rwkv_np.v4.names import expected_shapes
 
 CONFIG = dict(vocab_size=16, hidden_size=8, num_hidden_layers=2, intermediate_size=12,
               context_length=64, model_type="rwkv")
@@ -299,12 +299,12 @@ def test_bad_sharded_checkpoint(model_dir, case):
 
 def test_valid_writers_load(model_dir, tmp_path):
     """The writers above make loadable files: so each failure above is the corruption's doing."""
-    from rwkv_np.rwkvcpp import read_rwkvcpp
+    from rwkv_np.load import load
     RwkvForCausalLM.from_pretrained(model_dir)([1, 2, 3])
     _shard(model_dir, {n: "model-00001-of-00001.safetensors" for n in _names()})
     RwkvForCausalLM.from_pretrained(model_dir)
     (tmp_path / "ok.bin").write_bytes(rwkvcpp_bytes())
-    config, tensors = read_rwkvcpp(tmp_path / "ok.bin")
+    config, tensors = load(tmp_path / "ok.bin")[1:]
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (16, 8, 2)
     RwkvForCausalLM(config, tensors)([1, 2, 3])
 
@@ -367,11 +367,11 @@ BIN_CASES["positive_time_decay"] = (_positive_decay, "time_decay holds values th
 
 @pytest.mark.parametrize("case", BIN_CASES)
 def test_bad_rwkvcpp_file(tmp_path, case):
-    from rwkv_np.rwkvcpp import read_rwkvcpp
+    from rwkv_np.load import load
     make, fragment = BIN_CASES[case]
     path = tmp_path / "model.bin"
     path.write_bytes(make())
-    err = expect(ModelFileError, fragment, read_rwkvcpp, path)
+    err = expect(ModelFileError, fragment, load, path)
     assert str(path) in str(err)
 
 
@@ -388,10 +388,10 @@ def _multi_disk(data: bytes) -> bytes:
 
 
 PTH_CASES = {
-    "not_a_zip": (lambda: b"\x80\x02}q\x00." * 4, "not an HF model directory"),
+    "not_a_zip": (lambda: b"\x80\x02}q\x00." * 4, "not a zip-format torch checkpoint, or a damaged one"),
     # A zip is found through the directory at its end: without it the file is no known format.
-    "truncated_half": (lambda: _pth()[:len(_pth()) // 2], "not an HF model directory"),
-    "no_end_of_archive": (lambda: _pth()[:-22], "not an HF model directory"),
+    "truncated_half": (lambda: _pth()[:len(_pth()) // 2], "not a zip-format torch checkpoint, or a damaged one"),
+    "no_end_of_archive": (lambda: _pth()[:-22], "not a zip-format torch checkpoint, or a damaged one"),
     "local_header_magic": (lambda: b"XX" + _pth()[2:], "damaged zip archive"),
     "multi_disk": (lambda: _multi_disk(_pth()), "not a zip-format torch checkpoint, or a damaged one"),
 }
@@ -399,7 +399,7 @@ PTH_CASES = {
 
 @pytest.mark.parametrize("case", PTH_CASES)
 def test_bad_pth(tmp_path, case):
-    pytest.importorskip("rwkv_np.pth")
+    pytest.importorskip("rwkv_np.formats.pth")
     from rwkv_np.convert import load_checkpoint
     make, fragment = PTH_CASES[case]
     path = tmp_path / "model.pth"
@@ -508,7 +508,7 @@ CLI_CASES = {  # (corruption of a valid model directory, fragment of the one-lin
     "config_not_json": (CONFIG_CASES["not_json"][0], "not valid JSON"),
     "weights_truncated": (SAFETENSORS_CASES["truncated_body"][0], "do not fit"),
     "header_not_json": (SAFETENSORS_CASES["header_not_json"][0], "header is not valid JSON"),
-    "no_directory": (lambda d: shutil.rmtree(d), "is not a model directory"),
+    "no_directory": (lambda d: shutil.rmtree(d), "no such file or directory"),
 }
 
 

@@ -168,7 +168,7 @@ def test_rwkvcpp_fuzz_target_is_valid(rwkvcpp_target):
 
 @pytest.fixture(scope="module")
 def pth_target(tmp_path_factory):
-    pytest.importorskip("rwkv_np.pth")
+    pytest.importorskip("rwkv_np.formats.pth")
     source = FIXTURES / "pth" / "tiny.pth"
     if not source.is_file():
         pytest.skip(f"{source} is absent")

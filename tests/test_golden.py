@@ -16,8 +16,8 @@ from conftest import FIXTURES, REPO
 from rwkv_np import InputError, ModelFileError, RwkvForCausalLM
 from rwkv_np.compare import compare, format_report
 from rwkv_np.golden import write_golden
-from rwkv_np.rwkvcpp import read_rwkvcpp
-from rwkv_np.weights import read_safetensors
+from rwkv_np.load import load
+from rwkv_np.formats.safetensors import read_safetensors
 
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [3, 4, 5]]
 
@@ -203,7 +203,7 @@ def test_rwkvcpp_expected_logits_pass_compare(shared_data, tmp_path):
     assert result.passed, format_report(result)
     assert result.results[0].max_abs < 5e-6  # measured 1.55e-6
     # the FP16 file's logits (max |d| 1.6e-3) are far outside the FP32 golden's tolerance
-    np.save(tmp_path / "fp16.npy", RwkvForCausalLM(*read_rwkvcpp(d / "tiny-rwkv-4v0-660K-FP16.bin"))(
+    np.save(tmp_path / "fp16.npy", RwkvForCausalLM(*load(d / "tiny-rwkv-4v0-660K-FP16.bin")[1:])(
         [[34, 105, 110]]).logits[0])
     result = compare(tmp_path / "g", tmp_path / "fp16.npy")
     assert not result.passed and 1e-3 < result.results[0].max_abs < 2.5e-3

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from rwkv_np import linear as lin, set_threads
 from rwkv_np.errors import InputError
 from rwkv_np.linear import linear
-from rwkv_np.storage import Bf16Weight, Int8Weight, dequantize, embedding_rows, prepare_weight
+from rwkv_np.storage import Bfloat16, Int8Weight, dequantize, embedding_rows, prepare_weight
 
 STORAGES = ["float32", "float64", "float16", "bfloat16", "int8", "int8+cols"]
 NS = [1, 3, 8, 64]  # matvec, matmat, matmat, BLAS
@@ -168,7 +168,7 @@ def test_bfloat16_bits_match_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     W = (rng.standard_normal((64, 50)) * 10.0 ** rng.integers(-30, 30, (64, 50))).astype(np.float32)
-    ours = prepare_weight(W, "bfloat16").bits
+    ours = prepare_weight(W, "bfloat16").view(np.ndarray)
     theirs = torch.from_numpy(W).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours, theirs)
 
@@ -265,6 +265,6 @@ def test_bad_input_is_a_clear_error():
 def test_weight_classes_report_shape_and_bytes():
     W = np.ones((6, 5), np.float32)
     b, q = prepare_weight(W, "bfloat16"), prepare_weight(W, "int8", col_scales=True)
-    assert isinstance(b, Bf16Weight) and b.shape == (6, 5) and b.nbytes == 60
+    assert isinstance(b, Bfloat16) and b.shape == (6, 5) and b.nbytes == 60
     assert isinstance(q, Int8Weight) and q.shape == (6, 5) and q.nbytes == 30 + 24 + 20
     assert prepare_weight(W, "float16").dtype == np.float16

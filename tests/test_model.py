@@ -7,9 +7,10 @@ from conftest import random_state_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rwkv_np import RwkvConfig, RwkvForCausalLM, RwkvModel, reference
+from rwkv_np import RwkvConfig, RwkvForCausalLM, RwkvModel
+from rwkv_np.v4 import reference
 from rwkv_np.storage import dequantize
-from rwkv_np.weights import load_state_dict
+from rwkv_np.load import read
 
 CONFIG = RwkvConfig(vocab_size=61, hidden_size=16, num_hidden_layers=7, intermediate_size=37)
 WEIGHTS = random_state_dict(CONFIG, seed=3)
@@ -133,7 +134,7 @@ def test_16bit_files_load_as_their_rounded_values(tmp_path, dtype):
     from rwkv_np.convert import save_pretrained
 
     save_pretrained(tmp_path, CONFIG, WEIGHTS, dtype=dtype)
-    sd = load_state_dict(tmp_path)
+    sd = read(tmp_path)[2]
     model = RwkvForCausalLM.from_pretrained(tmp_path)
     x = WEIGHTS["head.weight"]
     y = dequantize(model.head)

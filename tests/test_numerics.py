@@ -44,7 +44,8 @@ from hypothesis import strategies as st
 
 from conftest import random_state_dict
 from rwkv_np import RwkvConfig, RwkvForCausalLM
-from rwkv_np.wkv import wkv_forward, wkv_parallel, wkv_reference
+from rwkv_np.v4.kernels import wkv_forward
+from rwkv_np.v4.wkv import wkv_parallel, wkv_reference
 
 
 def exact_wkv(w, u, k, v, digits: int = 50):  # w, u (C,)  k, v (T, C) -> out, scale (T, C)

@@ -17,8 +17,10 @@ import pytest
 from conftest import FIXTURES
 from rwkv_np import ModelFileError, RwkvForCausalLM
 from rwkv_np.convert import convert, load_checkpoint
-from rwkv_np.pth import read_torch_zip
-from rwkv_np.weights import as_float, load_state_dict, read_safetensors
+from rwkv_np.formats.pth import read_torch_zip
+from rwkv_np.formats.safetensors import read_safetensors
+from rwkv_np.load import read
+from rwkv_np.storage import as_float
 
 
 def blinkdl_name(hf: str) -> str:
@@ -35,7 +37,7 @@ def hf_expected(name):
 
 
 def assert_same_weights(tensors, fixture):
-    want = load_state_dict(FIXTURES / "hf" / fixture)
+    want = read(FIXTURES / "hf" / fixture)[2]
     assert sorted(tensors) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(as_float(tensors[name], np.float32), as_float(want[name], np.float32),
@@ -58,7 +60,7 @@ def test_committed_blinkdl_pth_converts_and_reproduces_hf_logits(tmp_path, name)
 def test_converted_bf16_pth_keeps_bfloat16_on_disk(tmp_path):
     convert(FIXTURES / "pth" / "bf16.pth", tmp_path / "out")
     header = read_safetensors(tmp_path / "out" / "model.safetensors")[0]
-    assert type(header["head.weight"]).__name__ == "_Bf16"
+    assert type(header["head.weight"]).__name__ == "Bfloat16"
 
 
 # ---------------------------------------------------------------- hostile pickles

@@ -20,7 +20,7 @@ from rwkv_np import ModelFileError, RwkvConfig, RwkvForCausalLM, RwkvModel
 from rwkv_np.cli import main
 from rwkv_np.convert import convert, quantize, save_pretrained
 from rwkv_np.storage import Int8Weight
-from rwkv_np.weights import expected_shapes
+from rwkv_np.v4.names import expected_shapes
 from test_errors import CONFIG, _CODES, expect, run_cli, safetensors_bytes, safetensors_parts
 
 IDS = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
@@ -112,7 +112,7 @@ def test_other_storages_dequantize(quantized):
 def test_file_layout(quantized):
     src, dst = quantized
     header, start = header_of(dst / "model.safetensors")
-    floats = {n: np.asarray(x) for n, x in rwkv_np.weights.load_state_dict(src).items()}
+    floats = {n: np.asarray(x) for n, x in rwkv_np.load.read(src)[2].items()}
     assert header.pop("__metadata__") == {"format": "pt", "rwkv_np.storage": "int8"}
     data = (dst / "model.safetensors").read_bytes()
     config = RwkvConfig.from_pretrained(dst)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rwkv_np import RwkvForCausalLM
-from rwkv_np.rwkvcpp import read_rwkvcpp
+from rwkv_np.load import load
 
 PROMPT = [34, 105, 110]  # the bytes of '"in', fed one token at a time by rwkv.cpp's test
 
@@ -26,7 +26,7 @@ def logits_after_prompt(model, one_at_a_time):
 @pytest.mark.parametrize("one_at_a_time", [True, False])
 def test_tiny_rwkv4_matches_rwkvcpp_expected_logits(shared_data, variant, tol, dtype, one_at_a_time):
     expected = np.fromfile(shared_data / "rwkvcpp" / "expected-logits-4v0-660K.bin", "<f4")
-    config, tensors = read_rwkvcpp(shared_data / "rwkvcpp" / f"tiny-rwkv-4v0-660K-{variant}.bin")
+    config, tensors = load(shared_data / "rwkvcpp" / f"tiny-rwkv-4v0-660K-{variant}.bin")[1:]
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (256, 128, 4)
     logits = logits_after_prompt(RwkvForCausalLM(config, tensors, dtype), one_at_a_time)
     assert np.abs(logits - expected).max() < tol

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rwkv_np import ModelFileError, RwkvForCausalLM
-from rwkv_np.rwkvcpp import read_rwkvcpp
-from rwkv_np.weights import hf_name
+from rwkv_np.load import load
+from rwkv_np.v4.names import hf_name
 
 PROMPT = [34, 105, 110]  # the bytes of '"in', as in rwkv.cpp's test
 MODEL = "tiny-rwkv-4v0-660K-{}.bin"
@@ -82,8 +82,8 @@ def last_logits(config, tensors):
 def test_q5_1_file_dequantizes_to_ggml_values_of_the_fp32_weights(shared_data, tmp_path):
     """rwkv.cpp's own Q5_1 file equals the FP32 file quantized by ggml's rule, value for value."""
     d = shared_data / "rwkvcpp"
-    _, ref = read_rwkvcpp(d / MODEL.format("FP32"))
-    _, q51 = read_rwkvcpp(d / MODEL.format("Q5_1"))
+    _, ref = load(d / MODEL.format("FP32"))[1:]
+    _, q51 = load(d / MODEL.format("Q5_1"))[1:]
     expected = requantized_file(d / MODEL.format("FP32"), tmp_path / "q.bin", 8)
     assert len(expected) == 4 * 7
     for name, values in expected.items():
@@ -98,7 +98,7 @@ def test_q5_1_model_logits_error_is_stated(shared_data):
     rwkv_np float32 and float64 alike), and keeps the same top token."""
     d = shared_data / "rwkvcpp"
     expected = np.fromfile(d / "expected-logits-4v0-660K.bin", "<f4")
-    logits = last_logits(*read_rwkvcpp(d / MODEL.format("Q5_1")))
+    logits = last_logits(*load(d / MODEL.format("Q5_1"))[1:])
     err = np.abs(logits - expected).max()
     assert 0.05 < err < 0.12
     assert logits.argmax() == expected.argmax()
@@ -108,7 +108,7 @@ def test_q5_1_model_logits_error_is_stated(shared_data):
 def test_requantized_files_load_with_the_written_values(shared_data, tmp_path, kind, name, max_err):
     d = shared_data / "rwkvcpp"
     expected = requantized_file(d / MODEL.format("FP32"), tmp_path / f"{name}.bin", kind)
-    config, tensors = read_rwkvcpp(tmp_path / f"{name}.bin")
+    config, tensors = load(tmp_path / f"{name}.bin")[1:]
     np.testing.assert_array_equal(tensors["rwkv.blocks.2.feed_forward.key.weight"],
                                   expected["blocks.2.ffn.key.weight"])
     np.testing.assert_array_equal(tensors["rwkv.blocks.0.attention.output.weight"],
@@ -120,7 +120,7 @@ def test_requantized_files_load_with_the_written_values(shared_data, tmp_path, k
 def test_old_quantized_layout_is_refused(shared_data, tmp_path):
     requantized_file(shared_data / "rwkvcpp" / MODEL.format("FP32"), tmp_path / "old.bin", 8, version=100)
     with pytest.raises(ModelFileError, match=r"old.bin: .*Q5_1 in file version 100"):
-        read_rwkvcpp(tmp_path / "old.bin")
+        load(tmp_path / "old.bin")[1:]
 
 
 def test_unknown_tensor_type_is_refused(shared_data, tmp_path):
@@ -128,4 +128,4 @@ def test_unknown_tensor_type_is_refused(shared_data, tmp_path):
     struct.pack_into("<i", data, 24 + 8, 5)  # first record's type: 5 (unused by rwkv.cpp)
     (tmp_path / "bad.bin").write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match=r"bad.bin: tensor .* has type 5"):
-        read_rwkvcpp(tmp_path / "bad.bin")
+        load(tmp_path / "bad.bin")[1:]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rwkv_np.errors import ConfigError, ModelFileError
+from rwkv_np.load import check_tensors
 from rwkv_np.v7 import names
 from rwkv_np.v7.config import Rwkv7Config
 
@@ -129,7 +130,7 @@ def test_from_blinkdl_maps_every_tensor():
     assert (config.num_heads, config.head_dim, config.intermediate_size, config.decay_low_rank_dim,
             config.a_low_rank_dim, config.v_low_rank_dim, config.gate_low_rank_dim) == (4, 8, 96, 16, 8, 4, 12)
     assert hf.keys() == fla_shapes(32, 4, 2, 96, 50, 16, 8, 4, 12).keys()
-    names.check_shapes(hf, config, "test")
+    check_tensors(hf, config, "test")
     L1 = "model.layers.1."
     np.testing.assert_array_equal(hf[L1 + "attn.w_lora.lora.0.weight"], sd["blocks.1.att.w1"].T)
     np.testing.assert_array_equal(hf[L1 + "attn.w_lora.lora.2.weight"], sd["blocks.1.att.w2"].T)
@@ -174,7 +175,7 @@ def test_unknown_names_are_refused():
     config = names.infer_config(hf)
     del hf["model.layers.1.attn.r_k"]
     with pytest.raises(ModelFileError, match="missing tensor model.layers.1.attn.r_k"):
-        names.check_shapes(hf, config, "test")
+        check_tensors(hf, config, "test")
 
 
 def test_rwkvcpp_header_must_agree_with_the_tensors():

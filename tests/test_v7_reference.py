@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from rwkv_np.formats.rwkvcpp import read_records
+from rwkv_np.load import check_tensors
 from rwkv_np.v7 import names, reference
-from rwkv_np.v7.config import Rwkv7Config
 
 PROMPT = [34, 105, 110]  # the bytes '"', 'i', 'n' of rwkv.cpp's test
 
@@ -42,7 +42,7 @@ def test_tiny_model_names_and_config(shared_data):
     assert (config.num_heads, config.head_dim, config.intermediate_size) == (1, 64, 256)
     assert (config.decay_low_rank_dim, config.a_low_rank_dim, config.v_low_rank_dim,
             config.gate_low_rank_dim) == (32, 32, 32, 32)
-    names.check_shapes(params, config, "tiny FP32")  # every name and shape, nothing left over
+    check_tensors(params, config, "tiny FP32")  # every name and shape, nothing left over
 
 
 @pytest.mark.parametrize("kind, pinned", [("FP32", 1e-6), ("FP16", 1e-6)])
@@ -154,7 +154,7 @@ def test_multi_head_model_matches_blinkdl_rwkv_package(tmp_path):
     params = names.from_blinkdl(sd)
     config = names.infer_config(params)
     assert (config.num_heads, config.head_dim, config.v_low_rank_dim) == (4, 8, 8)
-    names.check_shapes(params, config, "random .pth")
+    check_tensors(params, config, "random .pth")
     out = reference.forward(params, config, [ids])
     scale = np.max(np.abs(theirs))
     assert np.max(np.abs(out["logits"][0, -1] - theirs[0])) < 1e-5 * scale
@@ -181,7 +181,7 @@ def test_blinkdl_package_fixtures(name):
 
     params = {k: as_float(v, np.float64) for k, v in names.from_blinkdl(read_torch_zip(FIXTURES / f"{name}.pth")).items()}
     config = names.infer_config(params)
-    names.check_shapes(params, config, name)
+    check_tensors(params, config, name)
     want, _ = read_safetensors(str(FIXTURES / f"{name}.expected.safetensors"))
     out = reference.forward(params, config, want["prompt.input_ids"][None])
     assert np.max(np.abs(out["logits"][0] - want["prompt.logits_full"])) < 2e-5

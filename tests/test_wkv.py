@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rwkv_np import wkv
-from rwkv_np.wkv import EMPTY_MAX, wkv_forward, wkv_parallel, wkv_reference
+from rwkv_np.v4 import kernels
+from rwkv_np.v4.kernels import wkv_forward
+from rwkv_np.v4.wkv import EMPTY_MAX, wkv_parallel, wkv_reference
 
 
 def floats(lo, hi):
@@ -143,7 +144,7 @@ def test_parallel_build_gives_the_same_bits(monkeypatch):
     w, u = -np.exp(rng.normal(size=C)).astype(np.float32), rng.normal(size=C).astype(np.float32)
     k, v = rng.normal(size=(2, B, T, C)).astype(np.float32)
     serial = wkv_forward(w, u, k, v)
-    monkeypatch.setattr(wkv, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)
     parallel = wkv_forward(w, u, k, v)
     for got, want in zip((parallel[0], *parallel[1]), (serial[0], *serial[1])):
         np.testing.assert_array_equal(got, want)
@@ -152,8 +153,8 @@ def test_parallel_build_gives_the_same_bits(monkeypatch):
 CACHED_BUILD = """
 import sys
 import numpy as np
-from rwkv_np import wkv
-kernel = wkv._wkv_kernel_parallel if sys.argv[1] == "parallel" else wkv._wkv_kernel
+from rwkv_np.v4 import kernels
+kernel = kernels._wkv_kernel_parallel if sys.argv[1] == "parallel" else kernels._wkv_kernel
 z = np.zeros((1, 2, 8), np.float32)
 state = np.zeros((1, 8), np.float32)
 kernel(z[0, 0], z[0, 0], z, z, state, state.copy(), np.full((1, 8), -1e38, np.float32), z.copy())

@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st
 
 from rwkv_np.errors import InputError, ModelFileError
 from rwkv_np.tokenizer import StreamDecoder, Tokenizer
-from rwkv_np.world_tokenizer import SHIPPED_VOCAB, WORLD_VOCAB_FILE, WorldTokenizer
+from rwkv_np.tokenizer import WorldTokenizer
+from rwkv_np.world_vocab import SHIPPED_VOCAB, WORLD_VOCAB_FILE
 
 from conftest import SHARED_DATA
 

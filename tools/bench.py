@@ -118,7 +118,7 @@ def random_model_dir(shape: str, directory: str) -> None:
     """Write an HF-layout model of a published shape with random weights in trained ranges."""
     from rwkv_np import RwkvConfig
     from rwkv_np.convert import save_pretrained
-    from rwkv_np.weights import expected_shapes
+    from rwkv_np.v4.names import expected_shapes
     L, H = SHAPES[shape]
     config = RwkvConfig(vocab_size=50277, hidden_size=H, num_hidden_layers=L)
     rng, tensors = np.random.default_rng(0), {}
@@ -211,9 +211,9 @@ def write_pth(directory) -> str:
     path = os.path.join(directory, "model.pth")
     if not os.path.exists(path):
         import torch
-        from rwkv_np.weights import load_state_dict
+        from rwkv_np.load import read
         blink = {}
-        for name, x in load_state_dict(directory).items():
+        for name, x in read(directory)[2].items():
             n = (name.removeprefix("rwkv.").replace("embeddings.", "emb.", 1)
                  .replace(".pre_ln.", ".ln0.").replace(".attention.", ".att.")
                  .replace(".feed_forward.", ".ffn."))

@@ -19,7 +19,8 @@ import time
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
-from rwkv_np.world_tokenizer import WORLD_VOCAB_FILE, WorldTokenizer, read_vocab  # noqa: E402
+from rwkv_np.tokenizer import WorldTokenizer  # noqa: E402
+from rwkv_np.world_vocab import WORLD_VOCAB_FILE, read_vocab  # noqa: E402
 
 DEFAULT_FILE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
 
@@ -29,7 +30,7 @@ FIRST_CALL = """
 import time
 from numba import njit
 njit(lambda x: x + 1)(1)
-from rwkv_np.world_tokenizer import WorldTokenizer
+from rwkv_np.tokenizer import WorldTokenizer
 tok = WorldTokenizer.default()
 t = time.perf_counter()
 tok.encode("Hello world")

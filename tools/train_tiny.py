@@ -350,10 +350,11 @@ def save_model(directory: Path, config: dict, model, dtype: str) -> dict:
     tensors as stored, widened to float32 (numpy), read back with rwkv_np's reader."""
     from rwkv_np.config import RwkvConfig
     from rwkv_np.convert import save_pretrained
-    from rwkv_np.weights import as_float, load_state_dict
+    from rwkv_np.load import read
+    from rwkv_np.storage import as_float
     tensors = {n: p.detach().numpy().astype(np.float32) for n, p in model.state_dict().items()}
     save_pretrained(directory, RwkvConfig.from_dict(config), tensors, dtype=dtype)
-    return {n: np.asarray(as_float(t, np.float32)) for n, t in load_state_dict(directory).items()}
+    return {n: np.asarray(as_float(t, np.float32)) for n, t in read(directory)[2].items()}
 
 
 def reference_logits(model, heldout, windows: int, length: int):
@@ -389,7 +390,7 @@ def export(model, config, heldout, args):
     out = Path(args.out)
     rounded = save_model(out, config, model, args.dtype)
     model16 = TinyRwkv(config)
-    model16.load_state_dict({n: torch.from_numpy(t) for n, t in rounded.items()})
+    model16.read({n: torch.from_numpy(t)[2] for n, t in rounded.items()})
     model16.eval()
     ids, logits = reference_logits(model16, heldout, args.ref_windows, args.ref_length)
     import safetensors.numpy
@@ -469,7 +470,7 @@ def main(argv=None):
     print(f"{path.name}: {len(train_data)} train / {len(heldout)} held-out bytes; "
           f"L={args.layers} H={args.hidden}: {n_params:,} parameters")
     if args.export_only:
-        model.load_state_dict(torch.load(args.checkpoint))
+        model.read(torch.load(args.checkpoint)[2])
     else:
         steps, minutes = train(model, train_data, heldout, args)
         print(f"trained {steps} steps × {args.batch}×{args.ctx} bytes in {minutes:.1f} min")

@@ -21,8 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..linear import linear
 from ..nn import cross_entropy, layer_norm, sigmoid
-from ..storage import as_float, embedding_rows
-from ..v4.model import storage_of  # the storage rule of every generation's matrices
+from ..storage import as_float, embed, storage_of
 from .config import Rwkv7Config
 from .kernels import wkv7_forward
 from .names import EMBEDDINGS, HEAD
@@ -138,7 +137,7 @@ class Rwkv7ForCausalLM:
 
     def __init__(self, config: Rwkv7Config, tensors: dict, dtype="float32", weights: str | None = None):
         """tensors: HF-named (names.py). dtype: "float32" or "float64", the compute precision
-        (activations, state). weights: how matrices are kept in memory (v4.model.storage_of);
+        (activations, state). weights: how matrices are kept in memory (storage.storage_of);
         None = as on disk (memory-mapped float32 / float16 / bfloat16 / int8 stay so)."""
         if dtype not in _DTYPES:
             raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -182,22 +181,7 @@ class Rwkv7ForCausalLM:
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def embed(self, input_ids):  # (B, T) or (T,) ints -> (B, T, C)
-        try:
-            ids = np.asarray(input_ids)
-        except (ValueError, TypeError) as e:  # ragged nested lists...
-            raise InputError(f"input_ids: not an array of token ids ({e})") from None
-        ids = ids[None] if ids.ndim == 1 else ids
-        if ids.ndim != 2 or ids.size == 0:
-            raise InputError(f"input_ids: expected a non-empty (B, T) or (T,) array, got shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            if not (np.issubdtype(ids.dtype, np.floating) and np.all(ids == np.round(ids))):
-                raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
-            ids = ids.astype(np.int64)
-        V = self.config.vocab_size
-        if ids.min() < 0 or ids.max() >= V:
-            bad = ids[(ids < 0) | (ids >= V)].flat[0]
-            raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {V})")
-        return embedding_rows(self.embeddings, ids.reshape(-1), self.dtype).reshape(*ids.shape, -1)
+        return embed(self.embeddings, input_ids, self.dtype)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
                  output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,

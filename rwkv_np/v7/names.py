@@ -73,20 +73,6 @@ def expected_shapes(config: Rwkv7Config, head: bool = True) -> dict[str, tuple[i
     return shapes
 
 
-def check_shapes(tensors: dict, config: Rwkv7Config, source: str, head: bool = True) -> None:
-    """Raise ModelFileError naming the first missing, unexpected or mis-shaped tensor."""
-    want = expected_shapes(config, head)
-    for problem, names in (("missing", [n for n in want if n not in tensors]),
-                           ("unexpected", [n for n in tensors if n not in want])):
-        if names:
-            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-            raise ModelFileError(f"{source}: {problem} tensor {names[0]}{more}")
-    for name, shape in want.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ModelFileError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                                 f"the config implies {shape}")
-
-
 def _hf_name(name: str) -> tuple[str | None, bool]:
     """BlinkDL name -> (HF name or None to drop, whether the matrix is transposed on the way)."""
     if name in _TOP:

@@ -2,7 +2,7 @@
 
 Same numbers as reference.py (the readable float64 model), computed in float32 (default) or
 float64 with the projections of all T tokens as one matrix product and only the WKV recurrence
-run token by token (Numba, wkv.py). Load-time work — -exp(time_decay), flattening time_mix,
+run token by token (Numba, kernels.py). Load-time work — -exp(time_decay), flattening time_mix,
 rescale factors, dtype conversion — happens once, in `Block.from_state_dict`.
 
     model = RwkvForCausalLM.from_pretrained("path/to/dir")
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+from ..linear import SMALL_N, linear
+from ..nn import cross_entropy, layer_norm, sigmoid
+from ..storage import as_float, embed, storage_of
 from .config import RwkvConfig
-from .decode import decode, layer_args, norm_and_mix
-from .errors import InputError
-from .linear import SMALL_N, linear
-from .storage import STORAGES, Bf16Weight, Int8Weight, embedding_rows, prepare_weight
-from .state import ATT_X, DEN, FFN_X, MAX, NUM, check_state, empty_state
-from .weights import as_float, is_bf16, load_pretrained
-from .wkv import wkv_forward
+from .decode import decode, token_layer
+from .kernels import norm_and_mix, wkv_forward
+from .state import ATT_X, DEN, FFN_X, MAX, NUM, NAMES, check_state, empty_state
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -89,48 +89,6 @@ class Block:
             halve=every > 0 and (i + 1) % every == 0)
 
 
-def storage_of(dtype, weights: str | None):
-    """The function that puts a matrix (out, in) into memory for `linear`.
-
-    weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16,
-    bfloat16 or int8 (`rwkv-np quantize` files; a float64 model widens 16-bit and int8 matrices to
-    float64); "float32", "float16", "bfloat16" or "int8" stores every matrix that way (16-bit and
-    int8 are widened inside linear's kernels: half / a quarter of the bytes per token; an int8
-    file asked for int8 stays mapped, asked for another storage is dequantized first)."""
-    if weights is not None and weights not in STORAGES:
-        raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
-
-    def store(x):
-        if isinstance(x, Int8Weight):
-            if weights == "int8" or (weights is None and dtype == np.float32):
-                return x
-            x = x.to_float32()
-        if weights is None and dtype == np.float32 and (x.dtype == np.float16 or is_bf16(x)):
-            return store_as(x, "float16" if x.dtype == np.float16 else "bfloat16")
-        if weights is None or weights == dtype.name:
-            return as_float(x, dtype)
-        return store_as(x, weights)
-
-    def store_as(x, weights):
-        if weights == "float16" and x.dtype == np.float16:
-            return x                                       # already 16-bit on disk: no copy
-        if weights == "bfloat16" and is_bf16(x):
-            return Bf16Weight(x.view(np.ndarray))
-        return prepare_weight(as_float(x, np.float32), weights)
-    return store
-
-
-def layer_norm(x, weight, bias, eps):  # x (..., H) -> (..., H)
-    mean = x.mean(-1, keepdims=True)
-    xc = x - mean
-    var = (xc * xc).mean(-1, keepdims=True)
-    return xc * (1 / np.sqrt(var + eps)) * weight + bias
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
 def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention and ffn branches
     B, T, H = x.shape
     xa, (xk, xv, xr) = norm_and_mix(x, np.ascontiguousarray(state[ATT_X][:, :, i]), blk.ln1_weight,
@@ -179,7 +137,7 @@ class RwkvModel:
         self.blocks = [Block.from_state_dict(tensors, i, config, d, store) for i in range(config.num_hidden_layers)]
         self.ln_out = (as_float(tensors["rwkv.ln_out.weight"], d), as_float(tensors["rwkv.ln_out.bias"], d))
         # Token mode (decode.py): one compiled call per layer for single-token float32 steps.
-        layers = [layer_args(blk) for blk in self.blocks] if d == np.float32 else [None]
+        layers = [token_layer(blk) for blk in self.blocks] if d == np.float32 else [None]
         self.token_layers = None if None in layers else layers
 
     @classmethod
@@ -188,28 +146,15 @@ class RwkvModel:
         """Load a model: an HF directory (config.json + model.safetensors or a sharded index), or
         a BlinkDL .pth / pytorch_model.bin / rwkv.cpp .bin file (read without torch).
         Weights holding NaN or inf are refused unless allow_nonfinite=True."""
-        config, tensors = load_pretrained(path, head=False, allow_nonfinite=allow_nonfinite)
+        from ..load import load
+        _, config, tensors = load(path, head=False, allow_nonfinite=allow_nonfinite)
+        if not isinstance(config, RwkvConfig):
+            raise InputError(f"{os.fspath(path)}: a bare trunk model is RWKV-4 only; load "
+                             f"RwkvForCausalLM.from_pretrained for a {type(config).__name__} model")
         return cls(config, tensors, dtype, weights)
 
     def embed(self, input_ids):  # (B, T) ints -> (B, T, H)
-        try:
-            ids = np.asarray(input_ids)
-        except (ValueError, TypeError) as e:  # ragged nested lists...
-            raise InputError(f"input_ids: not an array of token ids ({e})") from None
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.size == 0:
-            raise InputError(f"input_ids: expected a non-empty (B, T) or (T,) array, got shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            if not (np.issubdtype(ids.dtype, np.floating) and np.all(np.isfinite(ids))
-                    and np.all(ids == np.round(ids))):
-                raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
-            ids = ids.astype(np.int64)
-        V = self.config.vocab_size
-        if ids.min() < 0 or ids.max() >= V:
-            bad = ids[(ids < 0) | (ids >= V)].flat[0]
-            raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {V})")
-        return embedding_rows(self.embeddings, ids.reshape(-1), self.dtype).reshape(*ids.shape, -1)
+        return embed(self.embeddings, input_ids, self.dtype)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
                  output_attentions=False, inputs_embeds=None, attention_mask=None) -> RwkvOutput:
@@ -250,6 +195,8 @@ class RwkvModel:
 class RwkvForCausalLM:
     """RwkvModel plus the language-model head. Call it like HF's RwkvForCausalLM."""
 
+    state_names = NAMES                      # the state's arrays, in order (state.py)
+
     def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32", weights: str | None = None):
         self.rwkv = RwkvModel(config, tensors, dtype, weights)
         self.config = config
@@ -258,13 +205,32 @@ class RwkvForCausalLM:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
                         allow_nonfinite=False) -> "RwkvForCausalLM":
-        """As RwkvModel.from_pretrained, with the language-model head."""
-        config, tensors = load_pretrained(path, head=True, allow_nonfinite=allow_nonfinite)
-        return cls(config, tensors, dtype, weights)
+        """As RwkvModel.from_pretrained, with the language-model head. A model of another RWKV
+        generation (config model_type, or its tensor names) loads as that generation's class."""
+        from ..load import load
+        gen, config, tensors = load(path, head=True, allow_nonfinite=allow_nonfinite)
+        model_class = cls if isinstance(config, RwkvConfig) else gen.module("model").CAUSAL_LM
+        return model_class(config, tensors, dtype, weights)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.rwkv.dtype
+
+    def check_state(self, state, batch: int) -> list[np.ndarray]:
+        """A caller's state for `batch` sequences, validated, as new arrays in the model's dtype."""
+        return check_state(state, self.config, batch, self.dtype)
+
+    def identity(self) -> tuple[dict, bytes]:
+        """What ties a saved state to this model (state_file.py): the config fields that fix the
+        state's meaning and shapes, and bytes of the weights (time_first, rounded to float16)."""
+        fields = ("vocab_size", "hidden_size", "num_hidden_layers", "attention_hidden_size",
+                  "intermediate_size", "layer_norm_epsilon", "rescale_every")
+        weights = b"".join(np.ascontiguousarray(blk.time_first, dtype="<f2").tobytes() for blk in self.rwkv.blocks)
+        return {f: getattr(self.config, f) for f in fields}, weights
 
     def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
         """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
-        from .generation import generate
+        from ..generation import generate
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
@@ -284,18 +250,4 @@ class RwkvForCausalLM:
                                   feed_forward=out.feed_forward)
 
 
-def cross_entropy(logits, labels) -> float:  # logits (B, T, V), labels (B, T)
-    """HF's causal-LM loss: position t predicts labels[:, t+1]; labels of -100 are ignored."""
-    labels = np.atleast_2d(np.asarray(labels))
-    if labels.shape != logits.shape[:2]:
-        raise InputError(f"labels: expected shape {logits.shape[:2]}, got {labels.shape}")
-    V = logits.shape[-1]
-    if not np.issubdtype(labels.dtype, np.integer) or np.any((labels != -100) & ((labels < 0) | (labels >= V))):
-        raise InputError(f"labels: expected integer token ids in [0, {V}) or -100 (ignored)")
-    z = logits[:, :-1].astype(np.float64)
-    target = labels[:, 1:]
-    keep = target != -100
-    z = z[keep]
-    z = z - z.max(-1, keepdims=True)
-    logp = z[np.arange(len(z)), target[keep]] - np.log(np.exp(z).sum(-1))
-    return float(-logp.mean()) if len(z) else float("nan")
+CAUSAL_LM = RwkvForCausalLM  # the class generations.py's registry loads for RWKV-4

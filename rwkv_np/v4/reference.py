@@ -1,9 +1,10 @@
 """The whole RWKV-4 forward pass in float64 NumPy, top to bottom: the file to read first.
 
 It computes exactly what Hugging Face transformers' RwkvForCausalLM computes in eval mode, with
-HF's names for every weight (`params` is the state dict, e.g. from `weights.load_state_dict`),
-one token position per row and no tricks: no kernels, no caching of transformed weights.
-The fast engine (model.py) is tested against it; golden outputs for other engines come from it.
+HF's names for every weight (`params` is the state dict, e.g. from `rwkv_np.load.load`), one
+token position per row and no tricks: no kernels, no caching of transformed weights. Each block
+function takes the weights it reads as keyword arguments, named as in the checkpoint. The fast
+engine (model.py) is tested against it; golden outputs for other engines come from it.
 
 Shapes: B batch, T tokens, H hidden_size, A attention_hidden_size, I intermediate_size,
 L layers, V vocab. The recurrent state is HF's list of five (B, H, L) arrays:
@@ -14,20 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nn import layer_norm, sigmoid
 from .config import RwkvConfig
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, empty_state
 from .wkv import wkv_reference
-
-
-def layer_norm(x, weight, bias, eps):  # x (..., H) -> (..., H)
-    """(x - mean) / sqrt(var + eps) * weight + bias, variance without Bessel's correction."""
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
 
 
 def token_shift(x, last):  # x (B, T, H), last (B, H) -> (B, T, H)
@@ -35,39 +26,47 @@ def token_shift(x, last):  # x (B, T, H), last (B, H) -> (B, T, H)
     return np.concatenate([last[:, None, :], x[:, :-1]], axis=1)
 
 
-def attention(p, i, x, state, config):  # x (B, T, H) -> (B, T, H); updates state layer i
+def mix(x, shifted, m):  # x, shifted (B, T, H), m (1, 1, H) -> (B, T, H)
+    """Token shift's blend of this token and the previous one: x*m + shifted*(1-m)."""
+    return x * m[0, 0] + shifted * (1 - m[0, 0])
+
+
+def attention(x, last_x, wkv_state, *, time_decay, time_first, time_mix_key, time_mix_value,
+              time_mix_receptance, key, value, receptance, output):  # x (B, T, H) -> (B, T, H)
     """Time mixing: r, k, v from a mix of this and the previous token, WKV over time, output gate.
 
         xk = x*mix_k + shift(x)*(1-mix_k)   (same for v, r)
         k = xk @ Wk.T   v = xv @ Wv.T   r = sigmoid(xr @ Wr.T)
         out = (r * WKV(w=-exp(time_decay), u=time_first, k, v)) @ Wo.T
-    """
-    g = lambda name: p[f"rwkv.blocks.{i}.attention.{name}"]
-    shifted = token_shift(x, state[ATT_X][:, :, i])
-    mix = lambda m: x * g(m)[0, 0] + shifted * (1 - g(m)[0, 0])
-    k = mix("time_mix_key") @ g("key.weight").T                       # (B, T, A)
-    v = mix("time_mix_value") @ g("value.weight").T                   # (B, T, A)
-    r = sigmoid(mix("time_mix_receptance") @ g("receptance.weight").T)  # (B, T, A)
-    w = -np.exp(g("time_decay"))                                      # (A,) decay per step, < 0
-    wkv, (a, b, pmax) = wkv_reference(
-        w, g("time_first"), k, v, (state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i]))
-    state[ATT_X][:, :, i] = x[:, -1]
-    state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i] = a, b, pmax
-    return (r * wkv) @ g("output.weight").T
+
+    last_x (B, H) is the previous token's x; wkv_state (a, b, p) each (B, A). Returns the
+    output, x's last row (the next call's last_x) and the new WKV state."""
+    shifted = token_shift(x, last_x)
+    k = mix(x, shifted, time_mix_key) @ key.T                          # (B, T, A)
+    v = mix(x, shifted, time_mix_value) @ value.T                      # (B, T, A)
+    r = sigmoid(mix(x, shifted, time_mix_receptance) @ receptance.T)   # (B, T, A)
+    w = -np.exp(time_decay)                                            # (A,) decay per step, < 0
+    wkv, wkv_state = wkv_reference(w, time_first, k, v, wkv_state)
+    return (r * wkv) @ output.T, x[:, -1], wkv_state
 
 
-def feed_forward(p, i, x, state):  # x (B, T, H) -> (B, T, H); updates state layer i
+def feed_forward(x, last_x, *, time_mix_key, time_mix_receptance, key, receptance, value):
     """Channel mixing: a squared-ReLU MLP gated by a sigmoid, on token-shifted inputs.
+    x (B, T, H) -> (B, T, H), and x's last row (the next call's last_x).
 
         out = sigmoid(xr @ Wr.T) * (relu(xk @ Wk.T)**2 @ Wv.T)
     """
-    g = lambda name: p[f"rwkv.blocks.{i}.feed_forward.{name}"]
-    shifted = token_shift(x, state[FFN_X][:, :, i])
-    mix = lambda m: x * g(m)[0, 0] + shifted * (1 - g(m)[0, 0])
-    key = np.maximum(mix("time_mix_key") @ g("key.weight").T, 0) ** 2            # (B, T, I)
-    receptance = sigmoid(mix("time_mix_receptance") @ g("receptance.weight").T)  # (B, T, H)
-    state[FFN_X][:, :, i] = x[:, -1]
-    return receptance * (key @ g("value.weight").T)
+    shifted = token_shift(x, last_x)
+    k = np.maximum(mix(x, shifted, time_mix_key) @ key.T, 0) ** 2             # (B, T, I)
+    r = sigmoid(mix(x, shifted, time_mix_receptance) @ receptance.T)          # (B, T, H)
+    return r * (k @ value.T), x[:, -1]
+
+
+def weights_of(p: dict, prefix: str) -> dict:
+    """The weights under `prefix`, keyed by the rest of their name without `.weight`:
+    "rwkv.blocks.0.attention.key.weight" -> "key" for prefix "rwkv.blocks.0.attention.".
+    (Only the matrices have a `.weight` suffix in a branch; no two names collide.)"""
+    return {n[len(prefix):].removesuffix(".weight"): x for n, x in p.items() if n.startswith(prefix)}
 
 
 def forward(params, config: RwkvConfig, input_ids, state=None):  # input_ids (B, T)
@@ -87,16 +86,21 @@ def forward(params, config: RwkvConfig, input_ids, state=None):  # input_ids (B,
     state = empty_state(config, B, np.float64) if state is None else [np.array(s, np.float64) for s in state]
     eps, every = config.layer_norm_epsilon, config.rescale_every
     p = {name: np.asarray(x, np.float64) for name, x in params.items()}
-    blk = lambda i, name: p[f"rwkv.blocks.{i}.{name}"]
 
     x = p["rwkv.embeddings.weight"][ids]                                # (B, T, H)
-    x = layer_norm(x, blk(0, "pre_ln.weight"), blk(0, "pre_ln.bias"), eps)
+    x = layer_norm(x, p["rwkv.blocks.0.pre_ln.weight"], p["rwkv.blocks.0.pre_ln.bias"], eps)
     hidden, att_out, ffn_out = [], [], []
     for i in range(config.num_hidden_layers):
+        blk = f"rwkv.blocks.{i}."
         scale = 2.0 ** -(i // every) if every > 0 else 1.0
-        a = attention(p, i, layer_norm(x, blk(i, "ln1.weight"), blk(i, "ln1.bias"), eps), state, config)
+        wkv_state = (state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i])
+        xa = layer_norm(x, p[blk + "ln1.weight"], p[blk + "ln1.bias"], eps)
+        a, state[ATT_X][:, :, i], wkv_state = attention(xa, state[ATT_X][:, :, i], wkv_state,
+                                                         **weights_of(p, blk + "attention."))
+        state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i] = wkv_state
         x = x + a * scale
-        f = feed_forward(p, i, layer_norm(x, blk(i, "ln2.weight"), blk(i, "ln2.bias"), eps), state)
+        xf = layer_norm(x, p[blk + "ln2.weight"], p[blk + "ln2.bias"], eps)
+        f, state[FFN_X][:, :, i] = feed_forward(xf, state[FFN_X][:, :, i], **weights_of(p, blk + "feed_forward."))
         x = x + f * scale
         if every > 0 and (i + 1) % every == 0:
             x = x / 2

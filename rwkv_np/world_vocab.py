@@ -1,4 +1,5 @@
-"""The RWKV World tokenizer (`rwkv_vocab_v20230424`) of the RWKV-5/6/7 World models.
+"""The RWKV World vocabulary (`rwkv_vocab_v20230424`) of the RWKV-5/6/7 World models: reading it,
+and the greedy longest match that tokenizer.WorldTokenizer encodes with.
 
 What it computes is BlinkDL's `TRIE_TOKENIZER` (the `rwkv` pip package, rwkv/rwkv_tokenizer.py):
 text is turned into its UTF-8 bytes, and from the first byte on, the LONGEST vocabulary entry that
@@ -19,7 +20,7 @@ it: its decodeBytes raises KeyError, its decode gives U+FFFD for the whole text)
 have 65,536 embedding rows, so ids 65530..65535 exist too and decode to no bytes as well.
 
 How the match is found fast: a byte trie in flat arrays, walked by one Numba loop
-(`_encode_greedy`): from position i, follow the child for each next byte -- a binary search among
+(`encode_greedy`): from position i, follow the child for each next byte -- a binary search among
 the node's children, which sit side by side in byte order -- and keep the deepest node that is a
 whole entry. The trie (116,078 nodes) is built by NumPy from the sorted vocabulary (`build_trie`)
 in about 0.1 s; tinyshakespeare (1.1 MB) encodes at about 50 MB/s, 25-30x TRIE_TOKENIZER
@@ -28,14 +29,12 @@ in about 0.1 s; tinyshakespeare (1.1 MB) encodes at about 50 MB/s, 25-30x TRIE_T
 from __future__ import annotations
 
 import codecs
-import functools
 import os
 
 import numpy as np
 from numba import njit
 
-from .errors import InputError, ModelFileError
-from .tokenizer import Tokenizer
+from .errors import ModelFileError
 
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 WORLD_VOCAB_SIZE = 65536  # embedding rows of the World models (vocabulary ids 0..65529 + 6 unused)
@@ -151,7 +150,7 @@ def build_trie(entries: list[bytes], ids: list[int]):
 
 
 @njit(cache=True)
-def _encode_greedy(src, node_byte, node_token, child_lo, child_hi):
+def encode_greedy(src, node_byte, node_token, child_lo, child_hi):
     """Greedy longest match of the bytes `src` (n,) uint8 over the trie (`build_trie`'s arrays).
     -> (m,) int64 token ids, m <= n.
 
@@ -189,73 +188,3 @@ def _encode_greedy(src, node_byte, node_token, child_lo, child_hi):
         m += 1
         i += best_len
     return out[:m]
-
-
-# -- the tokenizer -----------------------------------------------------------------------------------
-class WorldTokenizer(Tokenizer):
-    """The RWKV World tokenizer: ids identical to TRIE_TOKENIZER's (rwkv pip package)."""
-
-    vocab_size = WORLD_VOCAB_SIZE
-    eos_token_id = 0
-    pad_token_id = 0
-
-    def __init__(self, vocab: list[bytes], source: str = "<vocab>"):
-        """`vocab[i]` = the bytes of token i (b"" for ids that are no entry, such as 0)."""
-        self.source = source
-        if len(vocab) > WORLD_VOCAB_SIZE:
-            raise ModelFileError(f"{source}: {len(vocab)} ids, more than the {WORLD_VOCAB_SIZE} of a World model")
-        self._bytes = list(vocab) + [b""] * (WORLD_VOCAB_SIZE - len(vocab))  # id -> bytes
-        ids = [i for i, t in enumerate(self._bytes) if t]
-        if len(set(self._bytes[i] for i in ids)) != len(ids):
-            raise ModelFileError(f"{source}: two ids stand for the same bytes")
-        ids.sort(key=self._bytes.__getitem__)
-        entries = [self._bytes[i] for i in ids]
-        singles = {t[0] for t in entries if len(t) == 1}
-        if len(singles) != 256:
-            missing = min(set(range(256)) - singles)
-            raise ModelFileError(f"{source}: byte {missing:#04x} is no token; a World vocabulary has all 256")
-        self._trie = build_trie(entries, ids)  # node_byte, node_token, child_lo, child_hi (N,) each
-
-    @classmethod
-    def from_file(cls, file: str | os.PathLike) -> "WorldTokenizer":
-        file = os.fspath(file)
-        return cls(read_vocab(file), source=file)
-
-    @classmethod
-    def default(cls) -> "WorldTokenizer":
-        """The vocabulary shipped in rwkv_np/assets/rwkv-world/, read once per process."""
-        return _shipped()
-
-    def encode_bytes(self, data: bytes) -> list[int]:
-        """Ids of any byte string, valid UTF-8 or not (TRIE_TOKENIZER.encodeBytes)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise InputError(f"tokenizer: data must be bytes, got {type(data).__name__}")
-        src = np.frombuffer(data, dtype=np.uint8)  # (n,)
-        return _encode_greedy(src, *self._trie).tolist()
-
-    def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise InputError(f"tokenizer: text must be a str, got {type(text).__name__}")
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError as e:  # a lone surrogate: a Python str may hold one, UTF-8 cannot
-            raise InputError(f"tokenizer: text holds U+{ord(text[e.start]):04X} (a lone surrogate) at index"
-                             f" {e.start}, which UTF-8 cannot encode") from None
-        return self.encode_bytes(data)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        if not 0 <= token_id < WORLD_VOCAB_SIZE:
-            raise InputError(f"tokenizer: token id {token_id} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
-        return self._bytes[token_id]
-
-    def decode_bytes(self, ids) -> bytes:  # one range check for the whole sequence
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= WORLD_VOCAB_SIZE):
-            bad = ids[(ids < 0) | (ids >= WORLD_VOCAB_SIZE)][0]
-            raise InputError(f"tokenizer: token id {bad} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
-        return b"".join(map(self._bytes.__getitem__, ids.tolist()))
-
-
-@functools.lru_cache(maxsize=1)
-def _shipped() -> WorldTokenizer:
-    return WorldTokenizer.from_file(SHIPPED_VOCAB)

@@ -10,12 +10,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass
 class RwkvConfig:
+    model_type: ClassVar[str] = "rwkv"   # config.json's model_type, the registry's key
     vocab_size: int = 50277              # GPT-NeoX-20B tokenizer of the Pile models
     context_length: int = 1024           # a limit of HF's CUDA kernel only; the RNN has none
     hidden_size: int = 4096              # H: width of the residual stream
@@ -57,7 +59,7 @@ class RwkvConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
         if d.get("model_type", "rwkv") != "rwkv":
-            raise ConfigError(f"config: model_type is {d['model_type']!r}, rwkv_np reads 'rwkv' (RWKV-4)")
+            raise ConfigError(f"config: model_type is {d['model_type']!r}, an RWKV-4 config says 'rwkv'")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}

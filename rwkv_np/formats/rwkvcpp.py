@@ -1,12 +1,11 @@
-"""Reader for rwkv.cpp's model files (RWKV-4), into rwkv_np's HF-named state dict.
+"""Reader for rwkv.cpp's model files: the header and the tensors under their BlinkDL names.
 
 Layout (little-endian): a header of six int32 — magic 0x67676d66 ("ggmf"), file version,
 n_vocab, n_embed, n_layer, data type — then one record per tensor until the end of the file:
 int32 n_dims, int32 name length, int32 tensor type (0 F32, 1 F16, others quantized), n_dims int32
 sizes (innermost first, so reversed for NumPy), the name (BlinkDL's), then the raw data.
-Two differences from a BlinkDL checkpoint: `att.time_decay` is stored already as -exp(decay)
-(we take the log back, so the state dict holds HF's raw value), and time_mix_* / time_first
-are stored flat (H,) rather than (1, 1, H).
+Each generation stores some tensors transformed or reshaped relative to a BlinkDL checkpoint
+(v4: time_decay as -exp(decay), time_mix flat); the generation's `names.from_rwkvcpp` undoes that.
 
 Quantized matrices (file version 101, ggml's layout since 2023-05) are dequantized to float32 at
 load, exactly as ggml does before a matrix product. Values run in blocks of 32 along the
@@ -26,9 +25,7 @@ import os
 
 import numpy as np
 
-from .config import RwkvConfig
-from .errors import ModelFileError
-from .weights import check_state_dict, hf_name
+from ..errors import ModelFileError
 
 MAGIC = 0x67676D66
 _TYPES = {0: np.float32, 1: np.float16}
@@ -62,9 +59,12 @@ def is_rwkvcpp(path) -> bool:
         return False
 
 
-def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndarray]]:
-    """(config, state dict) of an rwkv.cpp RWKV-4 file; F32 tensors are memory-mapped, quantized
-    ones dequantized to float32."""
+def read_records(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, tensors) of an rwkv.cpp file, any RWKV generation: the header's fields (version,
+    n_vocab, n_embed, n_layer, data_type) and every tensor under its BlinkDL name in NumPy's
+    dimension order. F32 and F16 tensors are read-only views of the memory-mapped file,
+    quantized ones are dequantized to float32. What a generation stores transformed (v4's
+    -exp(time_decay), v7's concatenated x_rwkvag...) is undone by its names.from_rwkvcpp."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -73,9 +73,10 @@ def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndar
         raise ModelFileError(f"{path}: cannot read ({e})") from None
     if len(buf) < 24:
         raise ModelFileError(f"{path}: {len(buf)} bytes is too short for an rwkv.cpp model")
-    magic, version, n_vocab, n_embed, n_layer, _ = np.frombuffer(buf, "<i4", 6)
+    magic, version, n_vocab, n_embed, n_layer, data_type = (int(x) for x in np.frombuffer(buf, "<i4", 6))
     if magic != MAGIC:
         raise ModelFileError(f"{path}: not an rwkv.cpp model (magic {magic:#x}, expected {MAGIC:#x})")
+    header = dict(version=version, n_vocab=n_vocab, n_embed=n_embed, n_layer=n_layer, data_type=data_type)
     tensors, off = {}, 24
     while off < len(buf):
         if off + 12 > len(buf):
@@ -104,22 +105,5 @@ def read_rwkvcpp(path: str | os.PathLike) -> tuple[RwkvConfig, dict[str, np.ndar
         else:
             x = dequantize(np.frombuffer(buf, np.uint8, nbytes, off), kind).reshape(dims)
         off += nbytes
-        tensors[hf_name(name)] = x
-    H = int(n_embed)
-    for key in list(tensors):
-        if "time_mix" in key:
-            tensors[key] = tensors[key].reshape(1, 1, -1)  # a wrong size is reported by check_state_dict
-        elif key.endswith("time_decay"):  # stored as w = -exp(decay); HF keeps the raw decay
-            if not np.all(tensors[key] < 0):
-                raise ModelFileError(f"{path}: {key} holds values that are not < 0; rwkv.cpp stores "
-                                     "time_decay as -exp(decay)")
-            tensors[key] = np.log(-tensors[key].astype(np.float64)).astype(np.float32)
-    ffn = tensors.get("rwkv.blocks.0.feed_forward.key.weight")
-    try:
-        config = RwkvConfig(vocab_size=int(n_vocab), hidden_size=H, num_hidden_layers=int(n_layer),
-                            intermediate_size=ffn.shape[0] if ffn is not None else None,
-                            context_length=1024, rescale_every=0, extra={"rwkvcpp_version": int(version)})
-    except ValueError as e:
-        raise ModelFileError(f"{path}: header describes an impossible model ({e})") from None
-    check_state_dict(tensors, config, path)
-    return config, tensors
+        tensors[name] = x
+    return header, tensors

@@ -25,8 +25,8 @@ import zlib
 
 import numpy as np
 
-from .errors import ModelFileError
-from .weights import _Bf16  # uint16 array of bfloat16 bits (numpy has no bfloat16)
+from ..errors import ModelFileError
+from ..storage import Bfloat16  # uint16 array of bfloat16 bits (numpy has no bfloat16)
 
 _STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "BFloat16Storage": np.uint16,
                    "DoubleStorage": np.float64, "LongStorage": np.int64, "IntStorage": np.int32,
@@ -56,7 +56,7 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     x = np.lib.stride_tricks.as_strided(array[offset:], size, tuple(s * item for s in stride), writeable=False)
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
-    return x.view(_Bf16) if is_bf16 else x  # weights.as_float widens bfloat16 bits
+    return x.view(Bfloat16) if is_bf16 else x  # storage.as_float widens bfloat16 bits
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *_ignored):
