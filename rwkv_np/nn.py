@@ -15,8 +15,38 @@ def layer_norm(x, weight, bias, eps):  # x (..., C) -> (..., C)
     return xc * (1 / np.sqrt(var + eps)) * weight + bias
 
 
+def group_norm(x, weight, bias, heads, eps):  # x (B, T, C) -> (B, T, C)
+    """A layer norm of each head's C / heads channels on its own (biased variance), then one
+    affine map over all C: torch's GroupNorm(heads, C) on each token, BlinkDL's ln_x (RWKV-5/6/7)."""
+    B, T, C = x.shape
+    return layer_norm(x.reshape(B, T, heads, C // heads), 1.0, 0.0, eps).reshape(B, T, C) * weight + bias
+
+
 def sigmoid(x):
     return 1 / (1 + np.exp(-x))
+
+
+def token_shift(x, last):  # x (B, T, C), last (B, C) -> (B, T, C)
+    """Each position sees the previous position's input: out[:, t] = x[:, t-1], out[:, 0] = last."""
+    return np.concatenate([last[:, None, :], x[:, :-1]], axis=1)
+
+
+def nest(params: dict) -> dict:
+    """{"model.layers.0.attn.x_r": array, ...} -> {"model": {"layers": {"0": {"attn": {"x_r": ...}}}}}
+    in float64, so that a block's weights are one dict of keyword arguments (the references of
+    RWKV-5/6/7). Values must be float arrays (bfloat16 bits or int8 storage: widen them first
+    with rwkv_np.storage.as_float)."""
+    tree = {}
+    for name, x in params.items():
+        if not np.issubdtype(np.asarray(x).dtype, np.floating):  # bfloat16 bits are uint16
+            raise InputError(f"{name}: the reference reads float arrays, got {type(x).__name__} "
+                             f"of {np.asarray(x).dtype} (widen it with rwkv_np.storage.as_float)")
+        *path, leaf = name.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = np.asarray(x, np.float64)
+    return tree
 
 
 def cross_entropy(logits, labels) -> float:  # logits (B, T, V), labels (B, T)

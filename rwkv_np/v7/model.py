@@ -20,12 +20,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..linear import linear
-from ..nn import cross_entropy, layer_norm, sigmoid
+from ..nn import cross_entropy, group_norm, layer_norm, sigmoid, token_shift
 from ..storage import as_float, embed, storage_of
 from .config import Rwkv7Config
 from .kernels import wkv7_forward
 from .names import EMBEDDINGS, HEAD
-from .reference import DECAY_SCALE, group_norm, l2_normalize, token_shift
+from .reference import DECAY_SCALE, l2_normalize
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -70,9 +70,11 @@ class Layer:
             if pre + f"attn.{kind}_lora.lora.0.weight" not in p:
                 return None
             # A BlinkDL or rwkv.cpp file's LoRA matrices arrive as transposed views (names.py);
-            # `linear` reads rows, so they are copied once here (.copy keeps a Bfloat16 a Bfloat16).
+            # `linear` reads rows, so they are copied once here (.copy keeps a Bfloat16 a Bfloat16;
+            # an int8 file's Int8Weight is row-major already).
             down, up = (p[pre + f"attn.{kind}_lora.lora.{j}.weight"] for j in (0, 2))
-            down, up = (store(m if m.flags.c_contiguous else m.copy(order="C")) for m in (down, up))
+            down, up = (store(m if not isinstance(m, np.ndarray) or m.flags.c_contiguous else m.copy(order="C"))
+                        for m in (down, up))
             return down, up, vec(f"attn.{kind}_lora.lora.2.bias") if bias else None
 
         return cls(attn_norm=pair("attn_norm"), ffn_norm=pair("ffn_norm"),

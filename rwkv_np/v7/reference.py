@@ -19,19 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from ..nn import layer_norm, sigmoid
+from ..nn import group_norm, layer_norm, nest, sigmoid, token_shift
 from .config import Rwkv7Config
 from .state import ATT_X, FFN_X, WKV, empty_state
 from .wkv import wkv7_sequential
 
 DECAY_SCALE = np.exp(-0.5)  # e^{-1/2}: log-decays lie in (-e^{-1/2}, 0), decays w in (0.545, 1)
-
-
-def group_norm(x, weight, bias, heads, eps):  # x (B, T, C) -> (B, T, C)
-    """A layer norm of each head's N channels on its own, then one affine map over all C."""
-    B, T, C = x.shape
-    return layer_norm(x.reshape(B, T, heads, C // heads), 1.0, 0.0, eps).reshape(B, T, C) * weight + bias
 
 
 def l2_normalize(x):  # x (..., N) -> (..., N)
@@ -49,11 +42,6 @@ def low_rank(x, lora, activation=None):  # x (B, T, C) -> (B, T, C)
     if activation is not None:
         h = activation(h)
     return linear(h, lora["2"]["weight"]) + lora["2"].get("bias", 0.0)
-
-
-def token_shift(x, last):  # x (B, T, C), last (B, C) -> (B, T, C)
-    """Each position sees the previous position's input: out[:, t] = x[:, t-1], out[:, 0] = last."""
-    return np.concatenate([last[:, None, :], x[:, :-1]], axis=1)
 
 
 def time_mix(x, last_x, wkv, v_first, *, eps, x_r, x_w, x_k, x_v, x_a, x_g, r_proj, k_proj, v_proj,
@@ -96,23 +84,6 @@ def channel_mix(x, last_x, *, x_k, key, value):  # x (B, T, C) the ffn_norm outp
     """out = relu(xk Wk^T)^2 Wv^T with xk = x + (x_{t-1} - x) ⊙ x_k (no receptance gate in RWKV-7)."""
     xk = x + (token_shift(x, last_x) - x) * x_k
     return linear(np.maximum(linear(xk, **key), 0) ** 2, **value), x[:, -1]
-
-
-def nest(params: dict) -> dict:
-    """{"model.layers.0.attn.x_r": array, ...} -> {"model": {"layers": {"0": {"attn": {"x_r": ...}}}}}
-    in float64, so that a block's weights are one dict of keyword arguments. Values must be float
-    arrays (bfloat16 bits or int8 storage: widen them first with rwkv_np.storage.as_float)."""
-    tree = {}
-    for name, x in params.items():
-        if not np.issubdtype(np.asarray(x).dtype, np.floating):  # bfloat16 bits are uint16
-            raise InputError(f"{name}: the reference reads float arrays, got {type(x).__name__} "
-                             f"of {np.asarray(x).dtype} (widen it with rwkv_np.storage.as_float)")
-        *path, leaf = name.split(".")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = np.asarray(x, np.float64)
-    return tree
 
 
 def forward(params, config: Rwkv7Config, input_ids, state=None):  # input_ids (B, T) ints
