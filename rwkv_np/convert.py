@@ -109,7 +109,7 @@ def save_pretrained(directory: str | os.PathLike, config, tensors: dict, dtype: 
     check_tensors(tensors, config, "save_pretrained")
     if getattr(config, "tie_word_embeddings", False):
         tensors = {n: x for n, x in tensors.items() if n != names.HEAD}
-    matrices = {n for n, shape in names.expected_shapes(config).items() if len(shape) == 2}
+    matrices = names.matrices(config)  # (not every 2-D tensor: RWKV-7's r_k (H, N) stays float)
     out = {}
     for name, x in tensors.items():
         if dtype == "int8" and name in matrices and not isinstance(x, Int8Weight):

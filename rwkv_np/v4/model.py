@@ -145,13 +145,12 @@ class RwkvModel:
                         allow_nonfinite=False) -> "RwkvModel":
         """Load a model: an HF directory (config.json + model.safetensors or a sharded index), or
         a BlinkDL .pth / pytorch_model.bin / rwkv.cpp .bin file (read without torch).
-        Weights holding NaN or inf are refused unless allow_nonfinite=True."""
+        Weights holding NaN or inf are refused unless allow_nonfinite=True. A model of another
+        RWKV generation loads as that generation's trunk class (its model module's MODEL)."""
         from ..load import load
-        _, config, tensors = load(path, head=False, allow_nonfinite=allow_nonfinite)
-        if not isinstance(config, RwkvConfig):
-            raise InputError(f"{os.fspath(path)}: a bare trunk model is RWKV-4 only; load "
-                             f"RwkvForCausalLM.from_pretrained for a {type(config).__name__} model")
-        return cls(config, tensors, dtype, weights)
+        gen, config, tensors = load(path, head=False, allow_nonfinite=allow_nonfinite)
+        model_class = cls if isinstance(config, RwkvConfig) else gen.module("model").MODEL
+        return model_class(config, tensors, dtype, weights)
 
     def embed(self, input_ids):  # (B, T) ints -> (B, T, H)
         return embed(self.embeddings, input_ids, self.dtype)
@@ -250,4 +249,5 @@ class RwkvForCausalLM:
                                   feed_forward=out.feed_forward)
 
 
-CAUSAL_LM = RwkvForCausalLM  # the class generations.py's registry loads for RWKV-4
+CAUSAL_LM = RwkvForCausalLM  # the classes generations.py's registry loads for RWKV-4
+MODEL = RwkvModel

@@ -56,6 +56,12 @@ def expected_shapes(config: RwkvConfig, head: bool = True) -> dict[str, tuple[in
     return shapes
 
 
+def matrices(config: RwkvConfig) -> set[str]:
+    """The weight matrices (out, in) that go through a weight storage (storage.storage_of): every
+    2-D tensor (projections, embeddings, head)."""
+    return {n for n, shape in expected_shapes(config).items() if len(shape) == 2}
+
+
 def hf_name(blinkdl: str) -> str:
     """BlinkDL checkpoint name (.pth, rwkv.cpp) -> HF RwkvForCausalLM name; values are unchanged."""
     name = (blinkdl.replace("emb.", "embeddings.", 1).replace(".ln0.", ".pre_ln.")

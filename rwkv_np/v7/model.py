@@ -1,4 +1,5 @@
-"""Rwkv7ForCausalLM: the fast RWKV-7 engine, float32 (default) or float64, HF-style calls on NumPy.
+"""Rwkv7ForCausalLM (and its trunk, Rwkv7Model): the fast RWKV-7 engine, float32 (default) or
+float64, HF-style calls on NumPy.
 
 The same numbers as reference.py (read that first: this file computes its equations), with three
 differences of method, none of meaning: the projections and LoRAs of all B x T tokens run as one
@@ -30,6 +31,15 @@ from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _DECAY = float(DECAY_SCALE)  # a Python float: it keeps float32 arrays float32 (NumPy 2 scalar rules)
+
+
+@dataclass
+class Rwkv7Output:
+    last_hidden_state: np.ndarray            # (B, T, C) after the final norm
+    state: list | None = None                # [att_x (B, L, C), ffn_x (B, L, C), wkv (B, L, H, N, N)]
+    hidden_states: tuple | None = None       # L + 1 of (B, T, C): each layer's output, then the final norm's
+    attentions: tuple | None = None          # L of (B, T, C): each layer's time-mix branch output
+    feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
 
 
 @dataclass
@@ -132,10 +142,12 @@ def channel_mix(lay: Layer, x, state, i):  # x (B, T, C) the ffn_norm output -> 
     return linear(key, lay.ffn_value).reshape(B, T, C)
 
 
-class Rwkv7ForCausalLM:
-    """An RWKV-7 language model. Call it like HF's causal LMs: model(input_ids, state=...)."""
+class Rwkv7Model:
+    """The RWKV-7 trunk (fla's RWKV7Model): embeddings, layers, final norm, no head. Call it like
+    HF's base models: model(input_ids, state=...).last_hidden_state (B, T, C)."""
 
     state_names = NAMES                      # the state's arrays, in order (state.py)
+    with_head = False                        # from_pretrained reads lm_head.weight
 
     def __init__(self, config: Rwkv7Config, tensors: dict, dtype="float32", weights: str | None = None):
         """tensors: HF-named (names.py). dtype: "float32" or "float64", the compute precision
@@ -150,17 +162,15 @@ class Rwkv7ForCausalLM:
                          as_float(tensors["model.layers.0.pre_norm.bias"], d))
         self.layers = [Layer.from_tensors(tensors, i, d, store) for i in range(config.num_hidden_layers)]
         self.norm = (as_float(tensors["model.norm.weight"], d), as_float(tensors["model.norm.bias"], d))
-        self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
-            else store(tensors[HEAD])                                                      # (V, C)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
-                        allow_nonfinite=False) -> "Rwkv7ForCausalLM":
+                        allow_nonfinite=False):
         """Load an RWKV-7 model: an fla directory (config.json + model.safetensors), a BlinkDL .pth
         or an rwkv.cpp .bin (rwkv_np.load). Weights holding NaN or inf are refused unless
         allow_nonfinite=True."""
         from ..load import load
-        _, config, tensors = load(path, head=True, allow_nonfinite=allow_nonfinite)
+        _, config, tensors = load(path, head=cls.with_head, allow_nonfinite=allow_nonfinite)
         if not isinstance(config, Rwkv7Config):
             raise InputError(f"{os.fspath(path)}: not an RWKV-7 model ({type(config).__name__})")
         return cls(config, tensors, dtype, weights)
@@ -177,19 +187,12 @@ class Rwkv7ForCausalLM:
         weights = b"".join(np.ascontiguousarray(lay.r_k, dtype="<f2").tobytes() for lay in self.layers)
         return {f: getattr(self.config, f) for f in fields}, weights
 
-    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
-        """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
-        from ..generation import generate
-        return generate(self, input_ids, max_new_tokens, **kwargs)
-
     def embed(self, input_ids):  # (B, T) or (T,) ints -> (B, T, C)
         return embed(self.embeddings, input_ids, self.dtype)
 
     def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
-                 output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
-                 logits_to_keep: int = 0) -> Rwkv7CausalLMOutput:
-        """attention_mask is accepted for HF compatibility and ignored (RWKV has none);
-        logits_to_keep > 0 computes the logits of the last that many positions only."""
+                 output_attentions=False, inputs_embeds=None, attention_mask=None) -> Rwkv7Output:
+        """attention_mask is accepted for HF compatibility and ignored (RWKV has none)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is not None:
@@ -217,16 +220,45 @@ class Rwkv7ForCausalLM:
         x = layer_norm(x, *self.norm, eps)
         if output_hidden_states:
             hidden.append(x)
+        return Rwkv7Output(last_hidden_state=x, state=state if use_cache else None,
+                           hidden_states=tuple(hidden) if output_hidden_states else None,
+                           attentions=tuple(attentions) if output_attentions else None,
+                           feed_forward=tuple(ffns) if output_attentions else None)
+
+
+class Rwkv7ForCausalLM(Rwkv7Model):
+    """An RWKV-7 language model: the trunk plus the head. Call it like HF's causal LMs:
+    model(input_ids, state=...)."""
+
+    with_head = True
+
+    def __init__(self, config: Rwkv7Config, tensors: dict, dtype="float32", weights: str | None = None):
+        """As Rwkv7Model; tensors also hold lm_head.weight unless tie_word_embeddings."""
+        super().__init__(config, tensors, dtype, weights)
+        self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
+            else storage_of(self.dtype, weights)(tensors[HEAD])                           # (V, C)
+
+    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
+        """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
+        from ..generation import generate
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
+                 output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
+                 logits_to_keep: int = 0) -> Rwkv7CausalLMOutput:
+        """logits_to_keep > 0 computes the logits of the last that many positions only."""
+        out = super().__call__(input_ids, state, use_cache, output_hidden_states, output_attentions,
+                               inputs_embeds, attention_mask)
+        x = out.last_hidden_state
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         B, T, C = x.shape
         logits = linear(x.reshape(B * T, C), self.head).reshape(B, T, -1)
         return Rwkv7CausalLMOutput(
             loss=None if labels is None else cross_entropy(logits, labels), logits=logits,
-            state=state if use_cache else None,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
-            feed_forward=tuple(ffns) if output_attentions else None)
+            state=out.state, hidden_states=out.hidden_states, attentions=out.attentions,
+            feed_forward=out.feed_forward)
 
 
-CAUSAL_LM = Rwkv7ForCausalLM  # the class generations.py's registry loads for RWKV-7
+CAUSAL_LM = Rwkv7ForCausalLM  # the classes generations.py's registry loads for RWKV-7
+MODEL = Rwkv7Model

@@ -73,6 +73,12 @@ def expected_shapes(config: Rwkv7Config, head: bool = True) -> dict[str, tuple[i
     return shapes
 
 
+def matrices(config: Rwkv7Config) -> set[str]:
+    """The weight matrices (out, in) that go through a weight storage (storage.storage_of: the
+    projections, LoRAs, FFN, embeddings and head); attn.r_k (H, N) is a per-head vector, kept float."""
+    return {n for n, shape in expected_shapes(config).items() if len(shape) == 2 and not n.endswith(".attn.r_k")}
+
+
 def _hf_name(name: str) -> tuple[str | None, bool]:
     """BlinkDL name -> (HF name or None to drop, whether the matrix is transposed on the way)."""
     if name in _TOP:
