@@ -1,0 +1,70 @@
+"""WKV-5 as a Numba kernel: what the fast RWKV-5 and RWKV-6 models run, in float32 or float64
+(the inputs' dtype).
+
+The same recurrence as wkv.py's `wkv5_sequential` (read that first), per head:
+
+    y_t[j] = Σ_i r_t[i] (S[i][j] + u[i] k_t[i] v_t[j]),     S[i][j] <- w_t[i] S[i][j] + k_t[i] v_t[j]
+
+with w_t = e^{λ_t}. Parallel over (batch row x head), sequential over tokens. The state is
+already key-major ([key][value]), so every inner loop runs over the value index j with
+contiguous, independent lanes (no horizontal sums) and vectorizes without fastmath: float sums
+run in the written order, so results do not depend on the build.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _wkv5_kernel(r, w_log, k, v, u, state, y):  # r, w_log, k, v, y (B, T, H, N); u (H, N); state (B, H, N, N) in place
+    B, T, H, N = r.shape
+    for job in numba.prange(B * H):
+        bi, h = job // H, job % H
+        S = state[bi, h]                         # (N, N) view, S[key][value]
+        yt = np.empty(N, r.dtype)
+        for t in range(T):
+            vt = v[bi, t, h]
+            for j in range(N):
+                yt[j] = 0
+            for i in range(N):
+                ri, ki = r[bi, t, h, i], k[bi, t, h, i]
+                wi = np.exp(w_log[bi, t, h, i])
+                bonus = u[h, i] * ki             # u_i k_i: this token's own weight
+                row = S[i]
+                for j in range(N):
+                    s = row[j]
+                    yt[j] += ri * (s + bonus * vt[j])        # r_i (S[i][j] + u_i k_i v_j)
+                    row[j] = wi * s + ki * vt[j]             # w_i S[i][j] + k_i v_j
+            for j in range(N):
+                y[bi, t, h, j] = yt[j]
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _wkv5_kernel_parallel(r, w_log, k, v, u, state, y):  # _wkv5_kernel with the heads over the cores
+    _wkv5_kernel(r, w_log, k, v, u, state, y)
+
+
+# Two builds of one loop, as rwkv_np's RWKV-4 and RWKV-7 WKV: called from Python, `_wkv5_kernel`
+# runs on one core (prange is range); inlined into `_wkv5_kernel_parallel`, the prange is a
+# parallel loop. Two functions, not two njit() of one, because Numba's disk cache is keyed by the
+# function. error_model="numpy": no zero-division checks in compiled code. No fastmath: sums run
+# in the written order, so both builds give the same bits and the kernel is deterministic, and
+# exp(-1000) (the clamped log-decay floor) is an exact 0, not a flushed denormal.
+PARALLEL_MIN_WORK = 1 << 18  # B * H * T * N * N multiply-adds from which the parallel build runs
+
+
+def wkv5_forward(r, w_log, k, v, u, state=None):  # (B, T, H, N) x 4, u (H, N), state (B, H, N, N) or None
+    """WKV-5 in Numba, in r's dtype (float32 or float64). Returns y (B, T, H, N) and the new state;
+    `state` is read, not modified. w_log: the log-decays per token, already clamped (wkv.py)."""
+    dtype = r.dtype
+    B, T, H, N = r.shape
+    S = np.zeros((B, H, N, N), dtype) if state is None else np.array(state, dtype, order="C")
+    y = np.empty((B, T, H, N), dtype)
+    if T == 0:
+        return y, S
+    args = (np.ascontiguousarray(x, dtype) for x in (r, w_log, k, v, u))
+    parallel = B * H > 1 and B * H * T * N * N >= PARALLEL_MIN_WORK
+    kernel = _wkv5_kernel_parallel if parallel else _wkv5_kernel
+    kernel(*args, S, y)
+    return y, S
