@@ -336,7 +336,8 @@ def add_interop(sub):
     from .compare import add_compare
     from .convert import add_convert, add_quantize
     from .golden import add_golden
-    for add in (add_golden, add_compare, add_convert, add_quantize):
+    from .server.serve import add_serve
+    for add in (add_golden, add_compare, add_convert, add_quantize, add_serve):
         add(sub, formatter_class=Formatter, parents=[common_options()])
 
 

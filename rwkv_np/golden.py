@@ -1,4 +1,4 @@
-"""Golden outputs for other RWKV-4 engines, and the comparison that finds where one diverges.
+"""Golden outputs for other RWKV engines, and the comparison that finds where one diverges.
 
 A bundle is a directory:
     manifest.json         what was run and how to judge it (see `write_golden`)
@@ -11,9 +11,13 @@ Tensor names, for prompt n (T tokens, H hidden, V vocab, L layers, N new tokens)
     prompt{n}.blocks.{i}.output          (T, H)  x after block i (HF's hidden_states[i])
     prompt{n}.ln_out                     (T, H)  after ln_out (HF's hidden_states[L])
     prompt{n}.logits                     (T, V)
-    prompt{n}.state.{ffn_x,att_x,num,den,max}  (H, L)  after the prompt (HF's layout, state.py)
+    prompt{n}.state.{name}               the state after the prompt, one tensor per name of the
+                                         manifest's state_names (the generation's state.py), without
+                                         the batch axis: RWKV-4 ffn_x, att_x, num, den, max (H, L);
+                                         RWKV-7 att_x, ffn_x (L, C), wkv (L, heads, N, N) [value][key]
     prompt{n}.generated_ids              (N,) int64  greedy continuation
-Branch outputs include HF's rescale_every factor.
+Branch outputs include HF's rescale_every factor (RWKV-4). RWKV-7 uses the same names: a layer's
+"attention" is its time-mix branch, "feed_forward" its channel-mix branch, "ln_out" the final norm.
 
 A candidate (what another engine computed) is a directory holding candidate.safetensors (or a
 golden bundle), a .safetensors file with any subset of these names, a .npy of logits, or a raw

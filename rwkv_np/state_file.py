@@ -1,14 +1,16 @@
 """Save a recurrent state (after a prompt, a chat turn) to a safetensors file and load it back.
 
 The state arrays are stored under their generation's names (model.state_names: RWKV-4's
-ffn_x, att_x, num, den, max, each (B, H, L)), in the model's dtype, batch first. The file's
+ffn_x, att_x, num, den, max, each (B, H, L); RWKV-7's att_x, ffn_x (B, L, C) and wkv
+(B, L, H, N, N)), in the model's dtype, batch first. The file's
 metadata identifies the model the state belongs to (`model.identity()`):
 
     format             "rwkv_np.state/1"
     config             JSON of the fields that fix the state's meaning and shapes
     config_sha256      its hash
-    weights_sha256     hash of some of the weights (RWKV-4: every layer's time_first rounded to
-                       float16), so that another checkpoint of the same shapes gives another hash
+    weights_sha256     hash of some of the weights (RWKV-4: every layer's time_first, RWKV-7: every
+                       layer's r_k, rounded to float16), so that another checkpoint of the same
+                       shapes gives another hash
 
 Loading into a model whose config or weights hash differs is a ModelFileError: a state is only
 meaningful for the weights that produced it.
