@@ -2,15 +2,40 @@
 transformers, later generations to BlinkDL's reference code and rwkv.cpp."""
 __version__ = "0.2.0"
 
+import importlib as _importlib
 import os as _os
 
-from .threads import set_threads  # first: it sets the OpenMP threads' spin before they start
-from .errors import ConfigError, InputError, ModelFileError, RwkvError
-from .generation import GenerateOutput, TextStream, generate
-from .state_file import load_state, save_state
-from .tokenizer import ByteTokenizer, StreamDecoder, Tokenizer, WorldTokenizer
-from .v4.config import RwkvConfig
-from .v4.model import RwkvCausalLMOutput, RwkvForCausalLM, RwkvModel, RwkvOutput
+# Before libgomp loads (at Numba's first parallel call): threads.py says why.
+_os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+from .errors import ConfigError, InputError, ModelFileError, RwkvError  # noqa: E402
 
 # The small byte-level model trained on tinyshakespeare that ships inside the package.
 DEMO_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "assets", "tiny-shakespeare")
+
+# The rest is imported on first use (PEP 562): `import rwkv_np.cli` then costs no numba import,
+# so the command line answers --help at once and a Ctrl-C while numba loads ends it quietly.
+_LAZY = {
+    "set_threads": "threads",
+    "GenerateOutput": "generation", "TextStream": "generation", "generate": "generation",
+    "load_state": "state_file", "save_state": "state_file",
+    "ByteTokenizer": "tokenizer", "StreamDecoder": "tokenizer", "Tokenizer": "tokenizer",
+    "WorldTokenizer": "tokenizer",
+    "RwkvConfig": "v4.config",
+    "RwkvCausalLMOutput": "v4.model", "RwkvForCausalLM": "v4.model", "RwkvModel": "v4.model",
+    "RwkvOutput": "v4.model",
+}
+__all__ = ["ConfigError", "DEMO_MODEL", "InputError", "ModelFileError", "RwkvError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rwkv_np' has no attribute {name!r}")
+    _importlib.import_module(".threads", __name__)  # first: it sets the OpenMP threads' spin
+    value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

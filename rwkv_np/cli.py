@@ -21,9 +21,24 @@ import os
 import sys
 
 from .errors import InputError, RwkvError
-from .storage import STORAGES
 
-Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (the usage is one --help away), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after an option's help, unless the help already says its default or
+    there is none to show (None, False, an empty list)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None or action.default is False \
+                or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
 
 
 # -- shared options ------------------------------------------------------------------------------
@@ -41,12 +56,20 @@ def common_options() -> argparse.ArgumentParser:
     return p
 
 
-def model_options() -> argparse.ArgumentParser:
+def model_path_option() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", metavar="PATH", default=demo_model_dir(),
-                   help="model directory (config.json, model.safetensors or pytorch_model.bin, and"
-                        " tokenizer.json unless a byte model) or a single .safetensors, .pth or"
-                        " rwkv.cpp .bin file; the default is the demo model in rwkv_np/assets/")
+                   help="model directory (config.json + model.safetensors or pytorch_model.bin, its"
+                        " shards, and tokenizer.json unless vocab 256, 50277 or 65536, which rwkv_np"
+                        " ships) or a single .safetensors, .pth, pytorch_model.bin or rwkv.cpp .bin"
+                        " file; the default is the demo model in rwkv_np/assets/")
+    return p
+
+
+def model_options() -> argparse.ArgumentParser:
+    from .storage import STORAGES
+
+    p = argparse.ArgumentParser(add_help=False, parents=[model_path_option()])
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
     p.add_argument("--weights", choices=[s for s in STORAGES if s != "float64"], default=None,
                    help="how matrices are kept in memory (default: as in the file); 16-bit and int8"
@@ -75,7 +98,7 @@ def sampling_options(max_new_tokens: int) -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the output contains TEXT, printed without it; \\n and \\t are"
                         " understood (repeatable)")
-    g.add_argument("--seed", type=int, default=None, metavar="N", help="random seed; None = fresh entropy")
+    g.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default: fresh entropy)")
     g.add_argument("--prefill-chunk-size", type=int, default=256, metavar="N", help="prompt tokens per model call")
     return p
 
@@ -93,32 +116,63 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def check_model_path(path) -> None:
+    if path is None:
+        raise InputError("--model: no model given, and no demo model in rwkv_np/assets/")
+    if not os.path.exists(path):
+        raise InputError(f"--model: {path}: no such file or directory")
+
+
 def load(args):
-    """(model, tokenizer) of --model."""
+    """(model, tokenizer) of --model: any file or directory rwkv_np loads."""
+    from .jit_notice import announce_compiles
     from .threads import set_threads
     from .tokenizer import Tokenizer
     from .v4.model import RwkvForCausalLM  # loads any generation's model (from_pretrained dispatches)
 
-    if args.model is None:
-        raise InputError("--model: no model given, and no demo model in rwkv_np/assets/")
-    if not os.path.exists(args.model):
-        raise InputError(f"--model: {args.model}: no such file or directory")
+    check_model_path(args.model)
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads: expected a number of threads >= 1, got {args.threads}")
     set_threads(args.threads)
+    announce_compiles()
     model = RwkvForCausalLM.from_pretrained(args.model, dtype=args.dtype, weights=args.weights)
     return model, Tokenizer.from_pretrained(args.model, vocab_size=model.config.vocab_size)
 
 
-def generation_kwargs(args, stops=()) -> dict:
+def check_sampling(args, vocab_size: int | None = None) -> None:
+    """Refuse bad sampling flags in the flags' own words (the API would name its parameters);
+    --ban against the vocabulary once it is known."""
+    finite = lambda x: math.isfinite(x)  # noqa: E731
+    for flag, ok, want in (
+            ("--max-new-tokens", args.max_new_tokens >= 0, "an integer >= 0"),
+            ("--temperature", finite(args.temperature) and args.temperature >= 0, "a number >= 0 (0 = greedy)"),
+            ("--top-p", 0 < args.top_p <= 1, "a number in (0, 1]"),
+            ("--top-k", args.top_k >= 0, "an integer >= 0 (0 = off)"),
+            ("--repetition-penalty", finite(args.repetition_penalty) and args.repetition_penalty > 0, "a number > 0"),
+            ("--presence-penalty", finite(args.presence_penalty), "a finite number"),
+            ("--frequency-penalty", finite(args.frequency_penalty), "a finite number"),
+            ("--penalty-decay", 0 <= args.penalty_decay <= 1, "a number in [0, 1]"),
+            ("--prefill-chunk-size", args.prefill_chunk_size >= 1, "an integer >= 1")):
+        if not ok:
+            raise InputError(f"{flag}: expected {want}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    if any(not unescape(s) for s in args.stop):
+        raise InputError("--stop: an empty TEXT would stop before the first token")
+    for token in args.ban:
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            raise InputError(f"--ban: token id {token} is outside the vocabulary [0, {vocab_size or '...'})")
+
+
+def generation_kwargs(args, vocab_size: int, stops=(), seed=None) -> dict:
+    """The API's arguments for the sampling flags (checked); `seed` (a Generator) overrides --seed."""
+    check_sampling(args, vocab_size)
     greedy = args.temperature == 0
     return dict(max_new_tokens=args.max_new_tokens, do_sample=not greedy,
                 temperature=1.0 if greedy else args.temperature,
                 top_k=args.top_k or None, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                 presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
                 penalty_decay=args.penalty_decay, suppress_tokens=args.ban,
-                stop_strings=[unescape(s) for s in args.stop] + list(stops), seed=args.seed,
-                prefill_chunk_size=args.prefill_chunk_size)
+                stop_strings=[unescape(s) for s in args.stop] + list(stops),
+                seed=args.seed if seed is None else seed, prefill_chunk_size=args.prefill_chunk_size)
 
 
 def read_text(path: str, what: str) -> str:
@@ -151,15 +205,22 @@ def add_generate(sub):
 
 
 def run_generate(args) -> int:
+    from .files import check_writable
     from .generation import TextStream
     from .state_file import load_state, save_state
 
+    check_sampling(args)
+    if args.save_state:  # now, not after the whole generation has run
+        check_writable(args.save_state, "--save-state")
+    if args.prompt == "-" and sys.stdin.isatty():
+        print("reading the prompt from the terminal; end it with Ctrl-D (or give PROMPT as an argument)",
+              file=sys.stderr)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model, tokenizer = load(args)
     if not prompt:
         raise InputError("prompt: empty (give it as an argument or on standard input)")
+    model, tokenizer = load(args)
     state = [s for s in load_state(args.load_state, model)] if args.load_state else None
-    stream = TextStream(model, tokenizer, prompt, state=state, **generation_kwargs(args))
+    stream = TextStream(model, tokenizer, prompt, state=state, **generation_kwargs(args, model.config.vocab_size))
     for piece in stream:
         if not args.no_stream:
             print_piece(piece)
@@ -171,7 +232,8 @@ def run_generate(args) -> int:
 
 # -- chat ----------------------------------------------------------------------------------------
 
-CHAT_HELP = "/reset forgets the conversation, /save FILE and /load FILE store and restore it, /quit ends"
+CHAT_HELP = ("/reset forgets the conversation, /save FILE and /load FILE store and restore it, /quit (or"
+             " Ctrl-D) ends; Ctrl-C stops an answer")
 
 
 def add_chat(sub):
@@ -180,66 +242,114 @@ def add_chat(sub):
                        parents=[common_options(), model_options(), sampling_options(200)],
                        description="Read one message per line from standard input (a terminal or a pipe)"
                                    " and answer it. Each turn is fed as '<user>: message\\n\\n<bot>:' and the"
-                                   " answer ends at a blank line. " + CHAT_HELP + ".")
+                                   " answer ends at a blank line. The random generator is seeded once per"
+                                   " conversation. A line starting with // is sent with one / less. "
+                                   + CHAT_HELP + ".")
     p.add_argument("--user", default="User", help="name the messages are given under")
-    p.add_argument("--bot", default="Bot", help="name the answers are given under")
+    p.add_argument("--bot", default=None,
+                   help="name the answers are given under (default: Assistant for World models, vocab"
+                        " 65536, as they were tuned; else Bot)")
     p.add_argument("--load-state", metavar="FILE", help="start from a saved conversation state")
     p.set_defaults(run=run_chat)
 
 
 def run_chat(args) -> int:
     from .generation import TextStream
-    from .state_file import load_state, save_state
+    from .world_vocab import WORLD_VOCAB_SIZE
 
+    check_sampling(args)
     model, tokenizer = load(args)
+    world = model.config.vocab_size == WORLD_VOCAB_SIZE  # the World chat format: User/Assistant
+    bot = args.bot or ("Assistant" if world else "Bot")
+    stops = ["\n\n"] if world else ["\n\n", f"\n{args.user}:"]
+    options = generation_kwargs(args, model.config.vocab_size, stops)
     interactive = sys.stdin.isatty()
-    state = load_state(args.load_state, model) if args.load_state else None
-    separate = False  # True when the last answer did not end with a blank line
+    chat = Conversation(model, args, bot)
     if interactive:
         print(f"rwkv-np chat. {CHAT_HELP}.", file=sys.stderr)
     while True:
-        try:
+        try:  # Ctrl-C here (at the prompt) ends the program: main() prints the newline
             line = input(f"{args.user}: ") if interactive else sys.stdin.readline()
-        except EOFError:
+        except EOFError:  # Ctrl-D at the prompt
+            print_piece("\n")
             break
         if not interactive and line == "":
             break
         message = line.strip()
-        command, _, operand = message.partition(" ")
         if not message:
             continue
-        if command in ("/quit", "/exit"):
-            break
-        if command == "/reset":
-            state, separate = None, False
-            print("[conversation reset]", flush=True)
+        if message.startswith("/") and not message.startswith("//"):
+            if not chat.command(message):
+                break
             continue
-        if command in ("/save", "/load"):
-            if not operand:
-                print(f"[{command} needs a file name]", flush=True)
-            elif command == "/save":
-                if state is None:
-                    print("[nothing to save yet]", flush=True)
-                else:
-                    save_state(operand, state, model, {"user": args.user, "bot": args.bot})
-                    print(f"[saved to {operand}]", flush=True)
-            else:
-                try:
-                    state, separate = load_state(operand, model), False
-                    print(f"[loaded {operand}]", flush=True)
-                except RwkvError as e:  # a bad file must not end the conversation
-                    print(f"[{e}]", flush=True)
+        message = message[1:] if message.startswith("//") else message
+        prompt = ("\n\n" if chat.separate else "") + f"{args.user}: {message}\n\n{bot}:"
+        stream = TextStream(model, tokenizer, prompt, state=chat.state, **dict(options, seed=chat.rng))
+        print_piece(f"{bot}:")
+        try:
+            for piece in stream:
+                print_piece(piece)
+        except KeyboardInterrupt:  # Ctrl-C mid-answer: back to the prompt, the turn forgotten
+            print_piece("\n[answer stopped; this turn is not kept]\n")
             continue
-        prompt = ("\n\n" if separate else "") + f"{args.user}: {message}\n\n{args.bot}:"
-        stream = TextStream(model, tokenizer, prompt, state=state,
-                            **generation_kwargs(args, stops=["\n\n", f"\n{args.user}:"]))
-        print_piece(f"{args.bot}:")
-        for piece in stream:
-            print_piece(piece)
         print_piece("\n")
-        state = stream.output.state
-        separate = stream.output.stop_reasons[0] != "stop_string"
+        chat.state = stream.output.state
+        chat.separate = stream.output.stop_reasons[0] != "stop_string"  # no blank line ended it
     return 0
+
+
+class Conversation:
+    """The state of a chat between turns, and the /commands that act on it."""
+
+    def __init__(self, model, args, bot: str):
+        from .state_file import load_state
+
+        self.model, self.args, self.bot = model, args, bot
+        self.reset()
+        if args.load_state:
+            self.state = load_state(args.load_state, model)
+
+    def reset(self) -> None:
+        import numpy as np
+
+        self.state = None
+        self.separate = False  # True when the last answer did not end with a blank line
+        self.rng = np.random.default_rng(self.args.seed)  # once per conversation, not per turn
+
+    def command(self, message: str) -> bool:
+        """Carry out a /command; False when the chat should end."""
+        from .state_file import load_state, save_state
+
+        command, _, operand = message.partition(" ")
+        operand = operand.strip()
+        if command in ("/quit", "/exit"):
+            return False
+        if command == "/reset":
+            self.reset()
+            say("[conversation reset]")
+        elif command == "/help":
+            say(f"[{CHAT_HELP}; start a message with // to send a line that begins with /]")
+        elif command not in ("/save", "/load"):
+            say(f"[unknown command {command}; /help lists the commands, // sends a line that begins with /]")
+        elif not operand:
+            say(f"[{command} needs a file name]")
+        elif command == "/save" and self.state is None:
+            say("[nothing to save yet]")
+        else:
+            try:  # a bad file must not end the conversation
+                if command == "/save":
+                    save_state(operand, self.state, self.model, {"user": self.args.user, "bot": self.bot})
+                    say(f"[saved to {operand}]")
+                else:
+                    self.state, self.separate = load_state(operand, self.model), False
+                    say(f"[loaded {operand}]")
+            except RwkvError as e:
+                say(f"[{e}]")
+        return True
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
 # -- score ---------------------------------------------------------------------------------------
@@ -260,10 +370,12 @@ def run_score(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    text = read_text(args.file, "file")
-    model, tokenizer = load(args)
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size: must be >= 1, got {args.chunk_size}")
+    if args.max_tokens < 0:
+        raise InputError(f"--max-tokens: must be >= 0 (0 = all), got {args.max_tokens}")
+    text = read_text(args.file, "file")
+    model, tokenizer = load(args)
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if args.max_tokens > 0:
         ids = ids[:args.max_tokens]
@@ -295,8 +407,12 @@ def run_score(args) -> int:
 
 def add_info(sub):
     p = sub.add_parser("info", help="config, parameter count, dtypes and size of a model",
-                       formatter_class=Formatter, parents=[common_options(), model_options()],
-                       description="Describe a model directory without running it.")
+                       formatter_class=Formatter, parents=[common_options(), model_path_option()],
+                       description="Describe a model without running it. Every tensor's name and shape is"
+                                   " checked against the config (exit 2 with the loader's message if one is"
+                                   " missing or mis-shaped); --check also reads every value.")
+    p.add_argument("--check", action="store_true",
+                   help="also read all the weights and refuse NaN or infinite values (reads the whole file)")
     p.set_defaults(run=run_info)
 
 
@@ -307,26 +423,30 @@ def run_info(args) -> int:
 
     from .load import load
     from .storage import Bfloat16
+    from .tokenizer import ByteTokenizer, Tokenizer
 
-    if args.model is None:
-        raise InputError("--model: no model given, and no demo model in rwkv_np/assets/")
-    if not os.path.exists(args.model):
-        raise InputError(f"--model: {args.model}: no such file or directory")
-    gen, config, tensors = load(args.model, allow_nonfinite=True)  # names and shapes checked
+    check_model_path(args.model)
+    # names and shapes checked against the config; values only with --check (reads every byte)
+    gen, config, tensors = load(args.model, allow_nonfinite=not args.check)
     dtypes = Counter("bfloat16" if isinstance(x, Bfloat16) else str(x.dtype) for x in tensors.values())
     if os.path.isdir(args.model):
         files = [f for f in os.listdir(args.model) if f.endswith((".safetensors", ".bin")) and "model" in f]
         size = sum(os.path.getsize(os.path.join(args.model, f)) for f in files)
     else:
         files, size = [os.path.basename(args.model)], os.path.getsize(args.model)
-    tokenizer = "tokenizer.json" if os.path.isfile(os.path.join(args.model, "tokenizer.json")) else \
-        ("bytes (vocab 256)" if config.vocab_size == 256 else "none")
+    try:
+        tok = Tokenizer.from_pretrained(args.model, vocab_size=config.vocab_size)
+        tokenizer = "bytes (vocab 256)" if isinstance(tok, ByteTokenizer) else f"{tok.source} (vocab {tok.vocab_size})"
+    except RwkvError as e:
+        tokenizer = f"none: {e}"
     print(f"model       {os.path.abspath(args.model)} ({gen.title})")
     print(f"parameters  {sum(int(np.prod(x.shape)) for x in tensors.values()):,} in {len(tensors)} tensors")
     print(f"dtypes      {', '.join(f'{k} x{v}' for k, v in sorted(dtypes.items()))} (on disk)")
     print(f"file size   {size / 2**20:.2f} MiB ({', '.join(sorted(files))})")
     print(f"tokenizer   {tokenizer}")
     print("config.json " + json.dumps({k: v for k, v in config.to_dict().items() if k not in config.extra}))
+    if args.check:
+        print("check       every tensor present, of its shape, and finite")
     return 0
 
 
@@ -347,9 +467,12 @@ COMMANDS = [add_generate, add_chat, add_score, add_info, add_interop]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rwkv-np", formatter_class=Formatter,
-                                     description="CPU-only RWKV-4 language models on NumPy and Numba.",
-                                     epilog="Run 'rwkv-np COMMAND --help' for the options of a command.")
+    from . import __version__
+
+    parser = Parser(prog="rwkv-np", formatter_class=Formatter,
+                    description="CPU-only RWKV language models on NumPy and Numba.",
+                    epilog="Run 'rwkv-np COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"rwkv-np {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
@@ -358,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    args = None
+    try:  # building the parser imports numpy and numba: a Ctrl-C then must not print a traceback
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except RwkvError as e:
         if args.debug:
@@ -367,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rwkv-np {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args is not None and args.debug:
+            raise
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `rwkv-np generate ... | head`

@@ -116,9 +116,13 @@ def compare(golden_dir, candidate, atol_scale: float = 1.0) -> Comparison:
     if unknown:
         raise InputError(f"{candidate}: tensor {unknown[0]!r} is not in the golden bundle"
                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    result = Comparison([], sorted(n for n in golden if n not in cand and golden[n].dtype.kind == "f"))
+
+    def order(name):  # prompt, then the order the model computes: block 2 before block 10
+        prompt, layer, _, branch = _place(name, L, state_names)
+        return int(prompt.removeprefix("prompt")), layer, branch
+    result = Comparison([], sorted((n for n in golden if n not in cand and golden[n].dtype.kind == "f"), key=order))
     firsts = []
-    for name in sorted(n for n in cand if golden[n].dtype.kind == "f"):
+    for name in sorted((n for n in cand if golden[n].dtype.kind == "f"), key=order):
         g, c = golden[name], np.asarray(cand[name])
         offset = 0
         positional = g.ndim == 2 and ".state." not in name                 # (T, H) or (T, V)

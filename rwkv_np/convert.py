@@ -30,36 +30,67 @@ def load_checkpoint(src: str | os.PathLike) -> tuple[object, dict[str, np.ndarra
     return config, tensors
 
 
-def convert(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None):
+def convert(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
+            tokenizer: str | os.PathLike | None = None):
     """Write `src` (any supported checkpoint) as an HF directory: config.json + model.safetensors
-    (+ the tokenizer.json of a source directory, so that the result generates text)."""
+    + a tokenizer, so that the result generates text: `tokenizer` (a tokenizer.json or World
+    vocabulary file) if given, else the one beside `src` (in its directory). Without either, the
+    model later gets the tokenizer rwkv_np ships for its vocab_size (tokenizer.py)."""
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer)
     config, tensors = load_checkpoint(src)
     save_pretrained(out_dir, config, tensors, dtype)
-    _copy_tokenizer(src, out_dir)
+    _copy_tokenizer(src, out_dir, tokenizer)
     return config
 
 
-def _copy_tokenizer(src, out_dir) -> None:
-    if os.path.isfile(os.path.join(src, TOKENIZER_FILE)):
-        shutil.copyfile(os.path.join(src, TOKENIZER_FILE), os.path.join(out_dir, TOKENIZER_FILE))
+def _check_tokenizer(file) -> None:
+    """Refuse a tokenizer file that cannot be read, before any work is done."""
+    from .tokenizer import Tokenizer
+    if not os.path.isfile(file):
+        raise ModelFileError(f"--tokenizer: {os.fspath(file)}: no such file")
+    Tokenizer.from_pretrained(file)
+
+
+def _copy_tokenizer(src, out_dir, tokenizer=None) -> None:
+    """Copy `tokenizer`, else the tokenizer.json / World vocabulary beside `src`, into out_dir."""
+    from .world_vocab import WORLD_VOCAB_FILE
+    if tokenizer is not None:
+        name = WORLD_VOCAB_FILE if os.fspath(tokenizer).endswith(".txt") else TOKENIZER_FILE
+        shutil.copyfile(tokenizer, os.path.join(out_dir, name))
+        return
+    directory = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    for name in (TOKENIZER_FILE, WORLD_VOCAB_FILE):
+        if os.path.isfile(os.path.join(directory, name)) and \
+                os.path.abspath(directory) != os.path.abspath(out_dir):
+            shutil.copyfile(os.path.join(directory, name), os.path.join(out_dir, name))
+            return
 
 
 def add_convert(subparsers, **parser_kwargs) -> None:
     """Register `rwkv-np convert`; parser_kwargs (parents, formatter_class...) go to add_parser."""
     p = subparsers.add_parser("convert", **parser_kwargs,
                               help="write a .pth / pytorch_model.bin / rwkv.cpp .bin as an HF safetensors "
-                                   "directory (torch not needed)")
+                                   "directory (torch not needed)",
+                              description="Read SRC (any checkpoint rwkv_np loads; torch is not needed) and write "
+                                          "DIR/config.json and DIR/model.safetensors in the generation's HF layout "
+                                          "(values unchanged unless --dtype), plus a tokenizer, so that "
+                                          "`rwkv-np generate --model DIR` runs.")
     p.add_argument("src", help="BlinkDL .pth, HF pytorch_model.bin (or its directory), rwkv.cpp .bin, "
                                "or an HF safetensors model")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="store every tensor in this dtype; unset keeps each tensor's own")
+    p.add_argument("--tokenizer", metavar="FILE", default=None,
+                   help="tokenizer.json (or World vocabulary .txt) to copy into DIR; unset: the one beside"
+                        " SRC, else none is needed for vocab 256, 50277 (GPT-NeoX-20B, shipped) and 65536"
+                        " (World, shipped)")
     p.set_defaults(run=run_convert)
 
 
 def run_convert(args) -> int:
     try:
-        config = convert(args.src, args.out, args.dtype)
+        config = convert(args.src, args.out, args.dtype, args.tokenizer)
     except OSError as e:  # --out is a file, disk full...: one line, exit 2
         raise ModelFileError(f"{args.out}: cannot write ({e.strerror or e})") from None
     print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -81,7 +112,10 @@ def add_quantize(subparsers, **parser_kwargs) -> None:
     """Register `rwkv-np quantize`; parser_kwargs as for add_convert."""
     p = subparsers.add_parser("quantize", **parser_kwargs,
                               help="write a model with int8 matrices (a quarter of float32, loads "
-                                   "memory-mapped; rwkv_np only)")
+                                   "memory-mapped; rwkv_np only)",
+                              description="Read SRC and write DIR with every matrix quantized to int8 with "
+                                          "per-row scales (the numbers `--weights int8` gives at load), about a "
+                                          "quarter of the float32 size. Only rwkv_np reads the result.")
     p.add_argument("src", help="anything `rwkv-np convert` reads")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     p.set_defaults(run=run_quantize)

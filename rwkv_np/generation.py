@@ -134,8 +134,13 @@ def generate_tokens(model, input_ids, max_new_tokens: int = 20, *, attention_mas
     eos = _id_set(model.config.eos_token_id if eos_token_id is None else eos_token_id, "eos_token_id")
     pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
     banned = sorted(_id_set(suppress_tokens, "suppress_tokens"))
+    if banned and not 0 <= banned[0] <= banned[-1] < V:
+        raise InputError(f"suppress_tokens: token id {banned[0] if banned[0] < 0 else banned[-1]} is outside "
+                         f"the vocabulary [0, {V})")
     stop_seqs = [list(map(int, s)) for s in (stop_sequences or []) if len(s) > 0]
     stop_bytes = [s.encode("utf-8") for s in ([stop_strings] if isinstance(stop_strings, str) else stop_strings or [])]
+    if any(not s for s in stop_bytes):
+        raise InputError("stop_strings: an empty string would stop before the first token")
     if stop_bytes and tokenizer is None:
         raise InputError("stop_strings: pass tokenizer=... too, to turn tokens into text")
     criteria = [stopping_criteria] if callable(stopping_criteria) else list(stopping_criteria or [])

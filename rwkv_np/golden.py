@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ModelFileError
 from .generations import of_config
 from .storage import Bfloat16
 
@@ -138,12 +138,15 @@ def _dtype_name(x) -> str:
 def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int = 16,
                  texts: list[str] | None = None, progress: bool = True) -> dict:
     """Run every prompt (a list of token ids) through both paths, write the bundle, return the manifest."""
-    from safetensors.numpy import save_file
     from tqdm import tqdm
 
     from . import __version__
+    from .files import check_writable
+    from .formats.safetensors import write_safetensors
     from .load import load
     from .storage import as_float
+
+    check_writable(out_dir, "out_dir", directory=True)  # before the run, not after it
 
     gen, config, tensors = load(model_path)
     for n, ids in enumerate(prompts):
@@ -190,12 +193,15 @@ def write_golden(model_path, prompts: list[list[int]], out_dir, new_tokens: int 
         "tolerance_rule": f"|candidate - golden| <= atol per element; atol = max({TOL_FACTOR} x noise_floor "
                           f"max_abs, 2^-20 x max|golden|) of that tensor",
     }
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(golden, os.path.join(out_dir, GOLDEN), metadata={"format": FORMAT})
-    save_file(float32, os.path.join(out_dir, FAST), metadata={"format": FORMAT})
-    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        write_safetensors(os.path.join(out_dir, GOLDEN), golden, {"format": FORMAT})
+        write_safetensors(os.path.join(out_dir, FAST), float32, {"format": FORMAT})
+        with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+    except OSError as e:
+        raise ModelFileError(f"{os.fspath(out_dir)}: cannot write the bundle ({e.strerror or e})") from None
     return manifest
 
 
@@ -223,13 +229,9 @@ def read_prompts(args) -> tuple[list[list[int]], list[str] | None]:
             raise InputError(f"--prompts: {args.prompts} holds no prompts")
         if all(isinstance(t, list) for t in texts):
             return [[int(i) for i in t] for t in texts], None
-    from .tokenizer import ByteTokenizer, Tokenizer
-    if args.tokenizer:
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-    elif os.path.isdir(args.model):
-        tokenizer = Tokenizer.from_pretrained(args.model)
-    else:
-        tokenizer = ByteTokenizer()  # rwkv.cpp / .pth files carry no tokenizer; byte models need none
+    from .tokenizer import Tokenizer
+    # the model's own, else the one rwkv_np ships for its vocab_size, else refused (as generate does)
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
     return [tokenizer.encode(str(t)) for t in texts], [str(t) for t in texts]
 
 
@@ -239,23 +241,30 @@ def add_golden(subparsers, **parser_kwargs) -> None:
         "golden", **parser_kwargs, help="write reference outputs (every layer) for other engines",
         description="Run prompts through the float64 reference path and the float32 fast path and write "
                     "a golden bundle: BUNDLE/manifest.json, golden.safetensors, float32.safetensors.")
-    p.add_argument("--model", required=True, metavar="PATH", help="HF model directory, .safetensors, .pth, "
-                                                  "pytorch_model.bin or rwkv.cpp .bin")
+    from .cli import demo_model_dir
+    p.add_argument("--model", default=demo_model_dir(), metavar="PATH",
+                   help="HF model directory, .safetensors, .pth, pytorch_model.bin or rwkv.cpp .bin; the "
+                        "default is the demo model in rwkv_np/assets/")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help="prompt text (tokenized with the model's tokenizer)")
     src.add_argument("--ids", metavar="IDS", help='token ids, e.g. "34 105 110"')
     src.add_argument("--prompts", metavar="FILE", help="one prompt per line, or a .json list of "
                                                         "strings or of id lists")
-    p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json; unset: the model directory's, or "
-                                                       "bytes for a single-file model")
+    p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json; unset: the model's (its directory's), "
+                                                       "else the one rwkv_np ships for its vocab_size")
     p.add_argument("--new-tokens", type=int, metavar="N", default=16, help="greedy tokens to generate after each prompt")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="output directory")
     p.set_defaults(run=run_golden)
 
 
 def run_golden(args) -> int:
+    from .cli import check_model_path
+    from .files import check_writable
+
     if args.new_tokens < 0:
         raise InputError(f"--new-tokens: must be >= 0, got {args.new_tokens}")
+    check_model_path(args.model)
+    check_writable(args.out, "--out", directory=True)
     prompts, texts = read_prompts(args)
     manifest = write_golden(args.model, prompts, args.out, args.new_tokens, texts,
                             progress=sys.stderr.isatty())

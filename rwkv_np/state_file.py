@@ -38,15 +38,18 @@ def model_identity(model) -> dict[str, str]:
 
 def save_state(path: str | os.PathLike, state, model, metadata: dict[str, str] | None = None) -> None:
     """Write `state` (the arrays of model.state_names) of `model` to `path`; extra string metadata
-    allowed."""
-    from safetensors.numpy import save_file
+    allowed. A file that cannot be written is a ModelFileError (nothing partial is left)."""
+    from .formats.safetensors import write_safetensors
 
     names = model.state_names
     if not isinstance(state, (list, tuple)) or len(state) != len(names):
         raise ModelFileError(f"{path}: a state to save must be a list of {len(names)} arrays")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update(model_identity(model), format=FORMAT)
-    save_file({name: np.ascontiguousarray(s) for name, s in zip(names, state)}, os.fspath(path), metadata=meta)
+    try:
+        write_safetensors(os.fspath(path), {name: np.ascontiguousarray(s) for name, s in zip(names, state)}, meta)
+    except OSError as e:
+        raise ModelFileError(f"{os.fspath(path)}: cannot write the state ({e.strerror or e})") from None
 
 
 def read_state(path: str | os.PathLike, names) -> tuple[list[np.ndarray], dict[str, str]]:

@@ -19,6 +19,21 @@ from .errors import InputError, ModelFileError
 
 STORAGES = ("float32", "float64", "float16", "bfloat16", "int8")
 
+COMPUTE_DTYPES = ("float32", "float64")  # the precisions the models compute in
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The model's compute dtype from what a user passes: "float32", np.float64, np.dtype("f4")...
+    Anything but float32 and float64 is an InputError."""
+    try:
+        d = np.dtype(dtype)
+    except (TypeError, ValueError):
+        d = None
+    if dtype is None or d is None or d.name not in COMPUTE_DTYPES:
+        raise InputError(f"dtype: expected one of {list(COMPUTE_DTYPES)}, got {dtype!r} (a name or a NumPy dtype)")
+    return np.dtype(d.name)  # native byte order
+
+
 FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind
 NO_SCALE = np.ones(0, np.float32)
 

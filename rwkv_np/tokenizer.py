@@ -1,16 +1,17 @@
-"""Tokenizers for RWKV-4 models, and a UTF-8-safe incremental decoder for streaming.
+"""Tokenizers for RWKV models, and a UTF-8-safe incremental decoder for streaming.
 
-Two kinds here, one interface (`encode`, `decode`, `token_bytes`, `__call__`):
+Three kinds here, one interface (`encode`, `decode`, `token_bytes`, `__call__`):
   * `BpeTokenizer` -- a byte-level BPE `tokenizer.json` read with the `tokenizers` library. The
     RWKV-4 Pile models use GPT-NeoX-20B's (vocab 50277, added tokens included): "\\n" -> [187],
     "\\n\\n" -> [535], "This is an example." -> [1552, 310, 271, 1650, 15]. Its normalizer is NFC,
-    so decode(encode(x)) == x holds for NFC text (other text comes back NFC-normalized).
+    so decode(encode(x)) == x holds for NFC text (other text comes back NFC-normalized). A copy
+    ships in rwkv_np/assets/gpt-neox-20b/ for 50277-vocab models that bring no tokenizer.json.
   * `ByteTokenizer` -- token id = one UTF-8 byte (vocab 256), for byte models such as rwkv.cpp's
     tiny test models; used when a model directory has no tokenizer.json and vocab_size is 256.
   * `WorldTokenizer` -- the RWKV World vocabulary of the RWKV-5/6/7 World models (vocab 65536),
     greedy longest match over bytes (world_vocab.py), ids identical to BlinkDL's TRIE_TOKENIZER.
 
-Every token of both kinds is a fixed byte string (`token_bytes`), so text is decoded from bytes:
+Every token of every kind is a fixed byte string (`token_bytes`), so text is decoded from bytes:
 `StreamDecoder` feeds those bytes through an incremental UTF-8 decoder and therefore never emits
 half a character, however the tokens cut the bytes.
 """
@@ -26,6 +27,9 @@ from .errors import InputError, ModelFileError
 from .world_vocab import SHIPPED_VOCAB, WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, build_trie, encode_greedy, read_vocab
 
 TOKENIZER_FILE = "tokenizer.json"
+MODEL_FILE_ENDINGS = (".safetensors", ".pth", ".pt", ".bin")
+NEOX_VOCAB_SIZE = 50277  # GPT-NeoX-20B: ids 0..50276, added tokens included (the RWKV-4 Pile models)
+SHIPPED_NEOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpt-neox-20b", TOKENIZER_FILE)
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -56,30 +60,36 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "Tokenizer":
-        """The tokenizer of a model directory (or a tokenizer.json path).
+        """The tokenizer of a model directory or model file, or of a tokenizer file.
 
-        `<dir>/tokenizer.json` -> BpeTokenizer; `<dir>/rwkv_vocab_v20230424.txt` (or that file's
-        path) -> WorldTokenizer. Without either, a model whose config.json says vocab_size 256 gets a
-        ByteTokenizer and one with 65536 (a World model) the shipped WorldTokenizer (`vocab_size`
-        overrides the config lookup).
+        A tokenizer file: `*.txt` -> WorldTokenizer, anything else -> BpeTokenizer (tokenizer.json).
+        A model directory, or the directory of a model file (.safetensors, .pth, .bin): its
+        tokenizer.json -> BpeTokenizer, its rwkv_vocab_v20230424.txt -> WorldTokenizer. Without
+        either, the model's vocab_size (from `vocab_size`, else its config) picks a shipped one:
+        256 -> ByteTokenizer, 50277 -> GPT-NeoX-20B's BPE (RWKV-4 Pile/Raven), 65536 -> World.
         """
         path = os.fspath(path)
-        if os.path.isfile(path):
+        model_file = os.path.isfile(path) and path.endswith(MODEL_FILE_ENDINGS)
+        if os.path.isfile(path) and not model_file:
             return WorldTokenizer.from_file(path) if path.endswith(".txt") else BpeTokenizer.from_file(path)
-        file = os.path.join(path, TOKENIZER_FILE)
+        directory = os.path.dirname(os.path.abspath(path)) if model_file else path
+        file = os.path.join(directory, TOKENIZER_FILE)
         if os.path.isfile(file):
             return BpeTokenizer.from_file(file)
-        if os.path.isfile(os.path.join(path, WORLD_VOCAB_FILE)):
-            return WorldTokenizer.from_file(os.path.join(path, WORLD_VOCAB_FILE))
+        if os.path.isfile(os.path.join(directory, WORLD_VOCAB_FILE)):
+            return WorldTokenizer.from_file(os.path.join(directory, WORLD_VOCAB_FILE))
         if vocab_size is None:
-            from .load import read_config  # only for the fallbacks: the config's vocab_size
-            vocab_size = read_config(path)[1].vocab_size
+            from .load import read, read_config  # only for the fallbacks: the config's vocab_size
+            vocab_size = (read(path) if model_file else read_config(path))[1].vocab_size
         if vocab_size == 256:
             return ByteTokenizer()
+        if vocab_size == NEOX_VOCAB_SIZE:
+            return BpeTokenizer.neox()
         if vocab_size == WORLD_VOCAB_SIZE:
             return WorldTokenizer.default()
-        raise ModelFileError(f"{file}: not found (only byte models, vocab_size 256, and World models, 65536, need"
-                             f" no tokenizer.json; this model has vocab_size {vocab_size})")
+        raise ModelFileError(f"{file}: not found, and rwkv_np ships no tokenizer for vocab_size {vocab_size} "
+                             f"(it ships 256: bytes, {NEOX_VOCAB_SIZE}: GPT-NeoX-20B, {WORLD_VOCAB_SIZE}: "
+                             "RWKV World); put the model's tokenizer.json there")
 
     # -- to implement ----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -166,6 +176,11 @@ class BpeTokenizer(Tokenizer):
         if decoder != "ByteLevel":
             raise ModelFileError(f"{file}: decoder is {decoder!r}; rwkv_np reads byte-level BPE (ByteLevel) only")
         return cls(backend, source=file)
+
+    @classmethod
+    def neox(cls) -> "BpeTokenizer":
+        """GPT-NeoX-20B's tokenizer, shipped in rwkv_np/assets/gpt-neox-20b/, read once per process."""
+        return _shipped_neox()
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
@@ -287,6 +302,11 @@ class WorldTokenizer(Tokenizer):
             bad = ids[(ids < 0) | (ids >= WORLD_VOCAB_SIZE)][0]
             raise InputError(f"tokenizer: token id {bad} is outside the vocabulary [0, {WORLD_VOCAB_SIZE})")
         return b"".join(map(self._bytes.__getitem__, ids.tolist()))
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_neox() -> BpeTokenizer:
+    return BpeTokenizer.from_file(SHIPPED_NEOX)
 
 
 @functools.lru_cache(maxsize=1)

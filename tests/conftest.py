@@ -1,4 +1,8 @@
-"""Shared test set-up: the hypothesis profiles and the location of ../shared/data."""
+"""Shared test set-up: the hypothesis profiles and the location of the test data.
+
+Test data: rwkv.cpp's tiny models and expected logits (rwkvcpp/), tinyshakespeare.txt and
+20B_tokenizer.json, in ../shared/data beside the repository or wherever the environment variable
+RWKV_NP_TEST_DATA points (README.md, "Tests", lists the files). Tests that need them skip without."""
 import os
 from pathlib import Path
 
@@ -13,14 +17,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("RWKV_NP_TEST_DATA") or REPO.parent / "shared" / "data")
+
+
+def absent(path) -> str:
+    """The skip reason for missing test data: what is missing and how to provide it."""
+    return (f"{path} is absent: set RWKV_NP_TEST_DATA to the directory holding rwkvcpp/, "
+            "tinyshakespeare.txt and 20B_tokenizer.json (README.md, Tests)")
+
+
+def shared_file(name: str) -> Path:
+    """A file of the test data; the calling test skips when it is absent."""
+    if not (SHARED_DATA / name).exists():
+        pytest.skip(absent(SHARED_DATA / name))
+    return SHARED_DATA / name
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """../shared/data (real tokenizer, rwkv.cpp's tiny models); the test skips when it is absent."""
+    """The test data directory (real tokenizer, rwkv.cpp's tiny models); skips when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent (rwkv.cpp models, tokenizer and texts live there)")
+        pytest.skip(absent(SHARED_DATA))
     return SHARED_DATA
 
 

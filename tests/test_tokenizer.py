@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from rwkv_np.errors import ModelFileError
-from rwkv_np.tokenizer import BpeTokenizer, ByteTokenizer, StreamDecoder, Tokenizer
-
-from conftest import SHARED_DATA
+from rwkv_np.tokenizer import SHIPPED_NEOX, BpeTokenizer, ByteTokenizer, StreamDecoder, Tokenizer
 
 # Text that exercises multi-byte UTF-8: accents, CJK, emoji (4 bytes), combining marks, controls.
 unicode_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60) | st.sampled_from(
@@ -20,9 +18,8 @@ unicode_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60) | st.
 
 @pytest.fixture(scope="module")
 def neox():
-    if not (SHARED_DATA / "20B_tokenizer.json").is_file():
-        pytest.skip("shared/data/20B_tokenizer.json is absent")
-    return Tokenizer.from_pretrained(SHARED_DATA / "20B_tokenizer.json")
+    """The copy shipped in rwkv_np/assets/ (test_new_user.py holds it equal to the shared data's)."""
+    return Tokenizer.from_pretrained(SHIPPED_NEOX)
 
 
 @pytest.mark.parametrize("text, ids", [

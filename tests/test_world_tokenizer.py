@@ -13,7 +13,7 @@ from rwkv_np.tokenizer import StreamDecoder, Tokenizer
 from rwkv_np.tokenizer import WorldTokenizer
 from rwkv_np.world_vocab import SHIPPED_VOCAB, WORLD_VOCAB_FILE
 
-from conftest import SHARED_DATA
+from conftest import shared_file
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,7 @@ def test_invalid_utf8_bytes_get_the_committed_reference_ids(world, data, ids):
 
 
 def test_ids_match_trie_tokenizer_on_all_of_tinyshakespeare(world, reference):
-    file = SHARED_DATA / "tinyshakespeare.txt"
-    if not file.is_file():
-        pytest.skip(f"{file} is absent")
+    file = shared_file("tinyshakespeare.txt")
     text = file.read_text(encoding="utf-8")
     ours, theirs = world.encode(text), reference.encode(text)
     assert len(theirs) > 300_000

@@ -19,13 +19,12 @@ import numpy as np
 from ..errors import InputError
 from ..linear import SMALL_N, linear
 from ..nn import cross_entropy, layer_norm, sigmoid
-from ..storage import as_float, embed, storage_of
+from ..storage import as_float, compute_dtype, embed, storage_of
 from .config import RwkvConfig
 from .decode import decode, token_layer
 from .kernels import norm_and_mix, wkv_forward
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, NAMES, check_state, empty_state
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 @dataclass
@@ -126,9 +125,7 @@ class RwkvModel:
     def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32", weights: str | None = None):
         """dtype: "float32" or "float64", the compute precision (activations, state).
         weights: how matrices are kept in memory (see `storage_of`); None = as on disk."""
-        if dtype not in _DTYPES:
-            raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.config, self.dtype = config, np.dtype(_DTYPES[dtype])
+        self.config, self.dtype = config, compute_dtype(dtype)
         d = self.dtype
         store = storage_of(d, weights)
         self.embeddings = store(tensors["rwkv.embeddings.weight"])          # (V, H), rows read per token

@@ -22,14 +22,13 @@ import numpy as np
 from ..errors import InputError
 from ..linear import linear
 from ..nn import cross_entropy, group_norm, layer_norm, sigmoid, token_shift
-from ..storage import as_float, embed, storage_of
+from ..storage import as_float, compute_dtype, embed, storage_of
 from .config import Rwkv7Config
 from .kernels import wkv7_forward
 from .names import EMBEDDINGS, HEAD
 from .reference import DECAY_SCALE, l2_normalize
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
 _DECAY = float(DECAY_SCALE)  # a Python float: it keeps float32 arrays float32 (NumPy 2 scalar rules)
 
 
@@ -153,9 +152,7 @@ class Rwkv7Model:
         """tensors: HF-named (names.py). dtype: "float32" or "float64", the compute precision
         (activations, state). weights: how matrices are kept in memory (storage.storage_of);
         None = as on disk (memory-mapped float32 / float16 / bfloat16 / int8 stay so)."""
-        if dtype not in _DTYPES:
-            raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.config, self.dtype = config, np.dtype(_DTYPES[dtype])
+        self.config, self.dtype = config, compute_dtype(dtype)
         d, store = self.dtype, storage_of(self.dtype, weights)
         self.embeddings = store(tensors[EMBEDDINGS])                                       # (V, C)
         self.pre_norm = (as_float(tensors["model.layers.0.pre_norm.weight"], d),
