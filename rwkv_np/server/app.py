@@ -116,13 +116,17 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits = Limits
             return
 
     async def _collect(http, events, chat, rid):
-        pieces = []
+        pieces, checked = [], time.monotonic()
         while True:
             try:
-                event = await asyncio.wait_for(events.get(), timeout=1.0)
+                event = await asyncio.wait_for(events.get(), timeout=0.5)
             except asyncio.TimeoutError:
+                event = None
+            if time.monotonic() - checked >= 0.5:  # the client may have gone while tokens kept coming
                 if await http.is_disconnected():
                     return JSONResponse(protocol.error_body(400, "client disconnected"), status_code=400)
+                checked = time.monotonic()
+            if event is None:
                 continue
             if event[0] == "text":
                 pieces.append(event[1])
