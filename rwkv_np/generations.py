@@ -30,7 +30,7 @@ class Generation(NamedTuple):
 # Most specific first: detection takes the first whose signature matches a tensor name.
 GENERATIONS = (
     Generation("v7", "RWKV-7", "rwkv7", (".att.r_k", ".attn.r_k", ".att.x_rwkvag"), "rwkv_np.v7"),
-    Generation("v6", "RWKV-6", "rwkv6", (".att.time_maa_x", ".attention.time_maa_x"), None),
+    Generation("v6", "RWKV-6", "rwkv6", (".att.time_maa_x", ".attention.time_maa_x"), "rwkv_np.v6"),
     Generation("v5", "RWKV-5", "rwkv5", (".att.ln_x.", ".attention.ln_x."), "rwkv_np.v5"),
     Generation("v4", "RWKV-4", "rwkv", (".att.time_first", ".attention.time_first"), "rwkv_np.v4"),
 )

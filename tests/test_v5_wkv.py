@@ -190,3 +190,29 @@ def test_two_tokens_by_hand():
         y, S = f(r, w_log, k, v, u, S0)
         assert y[0, :, 0, 0].tolist() == pytest.approx([15.5, 41.5], rel=1e-15)
         assert S[0, 0, 0, 0] == pytest.approx(23.5, rel=1e-15)
+
+
+MODELS = {}
+
+
+@given(variant=st.sampled_from(["5.0", "5.1", "5.2"]), seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3),
+       length=st.integers(1, 24), split=st.integers(0, 24), dtype=st.sampled_from(["float32", "float64"]))
+def test_model_split_with_state_equals_whole(variant, seed, batch, length, split, dtype):
+    """The fast model on a prompt in two calls (the state of the first passed to the second) gives
+    the logits and final state of one call: float64 within 1e-12, float32 within 1e-5, relative."""
+    from test_v5_model import multi
+
+    from rwkv_np.v5.model import Rwkv5ForCausalLM
+    if (variant, dtype) not in MODELS:
+        MODELS[variant, dtype] = Rwkv5ForCausalLM(*multi(variant), dtype)
+    model = MODELS[variant, dtype]
+    ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, (batch, length))
+    split = min(split, length - 1)
+    whole = model(ids)
+    first = model(ids[:, :split]) if split else None
+    second = model(ids[:, split:], state=first.state if first else None)
+    tol = {"float32": 1e-5, "float64": 1e-12}[dtype]
+    logits = second.logits if first is None else np.concatenate([first.logits, second.logits], axis=1)
+    assert rel(logits, whole.logits) < tol
+    for got, want in zip(second.state, whole.state):
+        assert rel(got, want) < tol

@@ -1,0 +1,112 @@
+"""Rwkv6ForCausalLM (and its trunk, Rwkv6Model): the fast RWKV-6 engine, float32 (default) or
+float64, HF-style calls on NumPy.
+
+The same numbers as reference.py (read that first: this file computes its equations), with three
+differences of method, none of meaning: the projections of all B x T tokens run as one matrix
+product each through `rwkv_np.linear` (any weight storage: float32/64, float16, bfloat16, int8),
+the LoRA matrices (small, kept in the model's dtype) as NumPy matrix products, and the WKV
+recurrence in RWKV-5's Numba kernel (v5/kernels.py) with this layer's decay per token. Load-time
+work (stacking the mixes, contiguous LoRA matrices, choosing each matrix's storage) happens once,
+in `Layer.from_tensors`.
+
+The trunk, head, state and call signature are RWKV-5's (v5/model.py); only the layer differs.
+
+    model = Rwkv6ForCausalLM.from_pretrained("path/to/model")   # HF directory, .pth, rwkv.cpp .bin
+    out = model(input_ids)                        # out.logits (B, T, V), out.state
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..linear import linear
+from ..nn import group_norm, sigmoid, token_shift
+from ..storage import as_float
+from ..v5.kernels import wkv5_forward
+from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, silu
+from ..v5.state import ATT_X, FFN_X, WKV
+from ..v5.wkv import clamp_log_decay
+from .config import Rwkv6Config
+from .names import MIXES
+
+
+@dataclass
+class Layer:
+    """One RWKV-6 layer's weights, ready to run. Projections are (out, in) in the chosen storage;
+    LoRA matrices (in, out), float in the model's dtype, C-contiguous."""
+    ln1: tuple; ln2: tuple                    # (weight, bias), each (C,)
+    maa_x: np.ndarray                         # (C,) the blend the ddlerp LoRA reads
+    maa: np.ndarray                           # (5, C) time_maa_w, _k, _v, _r, _g
+    maa_w1: np.ndarray                        # (C, 5 D_mix)
+    maa_w2: np.ndarray                        # (5, D_mix, C)
+    time_decay: np.ndarray                    # (C,)
+    decay_w1: np.ndarray; decay_w2: np.ndarray  # (C, D_decay), (D_decay, C)
+    u: np.ndarray                             # (H, N) time_faaaa, the bonus
+    receptance: object; key: object; value: object; gate: object; output: object   # (C, C)
+    ln_x: tuple                               # (weight, bias), each (C,)
+    ffn_maa: np.ndarray                       # (2, C): feed_forward time_maa_k, time_maa_r
+    ffn_key: object; ffn_receptance: object; ffn_value: object        # (F, C), (C, C), (C, F)
+
+    @classmethod
+    def from_tensors(cls, p: dict, i: int, dtype, store, config) -> Layer:
+        pre = f"rwkv.blocks.{i}."
+        vec = lambda name: as_float(p[pre + name], dtype)  # noqa: E731
+        flat = lambda name: vec(name).reshape(-1)  # noqa: E731
+        pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))  # noqa: E731
+        dense = lambda name: np.ascontiguousarray(vec(name))  # noqa: E731  (rwkv.cpp's arrive as transposed views)
+        att = lambda name: store(p[pre + "attention." + name + ".weight"])  # noqa: E731
+        ffn = lambda name: store(p[pre + "feed_forward." + name + ".weight"])  # noqa: E731
+        return cls(ln1=pair("ln1"), ln2=pair("ln2"), maa_x=flat("attention.time_maa_x"),
+                   maa=np.stack([flat(f"attention.time_maa_{q}") for q in MIXES]),
+                   maa_w1=dense("attention.time_maa_w1"), maa_w2=dense("attention.time_maa_w2"),
+                   time_decay=flat("attention.time_decay"), decay_w1=dense("attention.time_decay_w1"),
+                   decay_w2=dense("attention.time_decay_w2"), u=dense("attention.time_faaaa"),
+                   receptance=att("receptance"), key=att("key"), value=att("value"), gate=att("gate"),
+                   output=att("output"), ln_x=pair("attention.ln_x"),
+                   ffn_maa=np.stack([flat("feed_forward.time_maa_k"), flat("feed_forward.time_maa_r")]),
+                   ffn_key=ffn("key"), ffn_receptance=ffn("receptance"), ffn_value=ffn("value"))
+
+    def time_mix(self, x, state, i, eps):  # x (B, T, C) the ln1 output -> (B, T, C); updates state layer i
+        """reference.time_mix with every product over all B*T rows at once (see its equations)."""
+        B, T, C = x.shape
+        H, N = self.u.shape
+        dx = (token_shift(x, state[ATT_X][:, i]) - x).reshape(B * T, C)         # x_{t-1} - x_t
+        x2 = x.reshape(B * T, C)
+        m = np.tanh((x2 + dx * self.maa_x) @ self.maa_w1).reshape(B * T, 5, -1)  # ddlerp LoRA, rows w k v r g
+        offsets = np.matmul(m.transpose(1, 0, 2), self.maa_w2)                     # (5, B*T, C)
+        xw, xk, xv, xr, xg = (x2 + dx * (self.maa[j] + offsets[j]) for j in range(5))
+        r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)
+        g = silu(linear(xg, self.gate))
+        ww = self.time_decay + np.tanh(xw @ self.decay_w1) @ self.decay_w2        # (B*T, C)
+        with np.errstate(over="ignore"):
+            w_log = clamp_log_decay(-np.exp(ww))                                   # λ_t, finite
+        heads = lambda z: z.reshape(B, T, H, N)  # noqa: E731
+        y, state[WKV][:, i] = wkv5_forward(heads(r), heads(w_log), heads(k), heads(v), self.u, state[WKV][:, i])
+        y = group_norm(y.reshape(B, T, C), *self.ln_x, heads=H, eps=eps).reshape(B * T, C)
+        state[ATT_X][:, i] = x[:, -1]
+        return linear(y * g, self.output).reshape(B, T, C)
+
+    def channel_mix(self, x, state, i):  # x (B, T, C) the ln2 output -> (B, T, C); updates state layer i
+        B, T, C = x.shape
+        dx = token_shift(x, state[FFN_X][:, i]) - x
+        xk, xr = ((x + dx * m).reshape(B * T, C) for m in self.ffn_maa)
+        key = np.maximum(linear(xk, self.ffn_key), 0)
+        key *= key
+        state[FFN_X][:, i] = x[:, -1]
+        return (sigmoid(linear(xr, self.ffn_receptance)) * linear(key, self.ffn_value)).reshape(B, T, C)
+
+
+class Rwkv6Model(Rwkv5Model):
+    """The RWKV-6 trunk (HF's Rwkv6Model): embeddings, layers, ln_out, no head."""
+    config_class, layer_class, generation = Rwkv6Config, Layer, "RWKV-6"
+
+
+class Rwkv6ForCausalLM(Rwkv5ForCausalLM):
+    """An RWKV-6 language model: the trunk plus the head. Call it like HF's causal LMs:
+    model(input_ids, state=...)."""
+    config_class, layer_class, generation = Rwkv6Config, Layer, "RWKV-6"
+
+
+CAUSAL_LM = Rwkv6ForCausalLM  # the classes generations.py's registry loads for RWKV-6
+MODEL = Rwkv6Model
