@@ -24,6 +24,7 @@ _LAZY = {
     "RwkvConfig": "v4.config",
     "RwkvCausalLMOutput": "v4.model", "RwkvForCausalLM": "v4.model", "RwkvModel": "v4.model",
     "RwkvOutput": "v4.model",
+    "Rwkv7Config": "v7.config", "Rwkv7ForCausalLM": "v7.model", "Rwkv7Model": "v7.model",
 }
 __all__ = ["ConfigError", "DEMO_MODEL", "InputError", "ModelFileError", "RwkvError", *_LAZY]
 
