@@ -158,8 +158,10 @@ def check_sampling(args, vocab_size: int | None = None) -> None:
     if any(not unescape(s) for s in args.stop):
         raise InputError("--stop: an empty TEXT would stop before the first token")
     for token in args.ban:
-        if token < 0 or (vocab_size is not None and token >= vocab_size):
-            raise InputError(f"--ban: token id {token} is outside the vocabulary [0, {vocab_size or '...'})")
+        if token < 0:
+            raise InputError(f"--ban: expected token ids >= 0, got {token}")
+        if vocab_size is not None and token >= vocab_size:
+            raise InputError(f"--ban: token id {token} is outside the vocabulary [0, {vocab_size})")
 
 
 def generation_kwargs(args, vocab_size: int, stops=(), seed=None) -> dict:

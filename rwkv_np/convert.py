@@ -89,6 +89,8 @@ def add_convert(subparsers, **parser_kwargs) -> None:
 
 
 def run_convert(args) -> int:
+    from .files import check_writable
+    check_writable(args.out, "--out", directory=True)  # before the reading and converting
     try:
         config = convert(args.src, args.out, args.dtype, args.tokenizer)
     except OSError as e:  # --out is a file, disk full...: one line, exit 2
@@ -122,6 +124,8 @@ def add_quantize(subparsers, **parser_kwargs) -> None:
 
 
 def run_quantize(args) -> int:
+    from .files import check_writable
+    check_writable(args.out, "--out", directory=True)
     try:
         config = quantize(args.src, args.out)
     except OSError as e:

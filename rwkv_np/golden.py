@@ -224,7 +224,7 @@ def read_prompts(args) -> tuple[list[list[int]], list[str] | None]:
             with open(args.prompts, encoding="utf-8") as f:
                 texts = json.load(f) if args.prompts.endswith(".json") else [l for l in f.read().splitlines() if l]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"--prompts: cannot read {args.prompts} ({e})") from None
+            raise InputError(f"--prompts: cannot read {args.prompts} ({e.strerror if isinstance(e, OSError) else e})") from None
         if not isinstance(texts, list) or not texts:
             raise InputError(f"--prompts: {args.prompts} holds no prompts")
         if all(isinstance(t, list) for t in texts):
