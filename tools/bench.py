@@ -1,4 +1,4 @@
-"""rwkv_np benchmark (issue 7): kernel micro-benchmarks, then whole models next to their peers.
+"""rwkv_np benchmark: kernel micro-benchmarks, then whole models next to their peers.
 
     python tools/bench.py kernels                       # decode matvec GB/s per 169M shape and
                                                         # storage, streaming-read ceiling, sgemm
@@ -328,7 +328,7 @@ TARGETS = {"float32": 0.4, "bfloat16": 0.25, "int8": 0.2}  # decode ms/token vs 
 
 
 def verdicts(res, ceil) -> list:
-    """The issue's targets, each with the measured number (B=1 decode vs the best torch peer)."""
+    """The performance targets, each with the measured number (B=1 decode vs the best torch peer)."""
     out, ours = [], {k.split()[-1]: v for k, v in res.items() if k.startswith("rwkv_np")}
     peers = [v for k, v in res.items() if not k.startswith("rwkv_np")]
     if peers:
@@ -389,7 +389,15 @@ def main() -> None:
     if args.what == "_engine":
         return engine_round(args)
     if args.peers:
-        import torch
+        import importlib.util
+        missing = [m for m in ("transformers", "rwkv") if importlib.util.find_spec(m) is None]
+        try:
+            import torch
+        except ImportError:
+            missing.insert(0, "torch")
+        if missing:  # one line, not a ModuleNotFoundError from deep inside a round
+            p.error(f"--peers runs HF transformers and BlinkDL's rwkv on torch; not installed: "
+                    f"{', '.join(missing)} (pip install '.[dev]')")
         torch.set_num_threads(args.threads)
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
             "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
@@ -407,7 +415,7 @@ def main() -> None:
         print_table(result["models"])
         result["targets"] = []
         for name, value, ok in verdicts(result["models"], ceil):
-            print(f"{'MET ' if ok else 'MISS'} {name}: {value:.3g}")
+            print(f"target {'met    ' if ok else 'not met'}  {name}: {value:.3g}")
             result["targets"].append({"target": name, "value": value, "met": bool(ok)})
     if args.json:
         with open(args.json, "w") as f:
