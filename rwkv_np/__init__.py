@@ -26,7 +26,7 @@ _LAZY = {
     "RwkvOutput": "v4.model",
     "Rwkv7Config": "v7.config", "Rwkv7ForCausalLM": "v7.model", "Rwkv7Model": "v7.model",
 }
-__all__ = ["ConfigError", "DEMO_MODEL", "InputError", "ModelFileError", "RwkvError", *_LAZY]
+__all__ = ["ConfigError", "DEMO_MODEL", "InputError", "ModelFileError", "RwkvError"] + list(_LAZY)
 
 
 def __getattr__(name: str):

@@ -76,15 +76,15 @@ def test_unknown_commands_get_a_hint_and_reach_no_model(byte_model, monkeypatch,
 
 
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(byte_model, monkeypatch, capsys):
-    import rwkv_np.cli as cli
-    real, calls = cli.print_piece, []
+    import rwkv_np.chat as chat_module
+    real, calls = chat_module.print_piece, []
 
     def interrupt_first_answer(text):
         calls.append(text)
         if len(calls) == 2:  # the first piece after "Bot:"
             raise KeyboardInterrupt
         real(text)
-    monkeypatch.setattr(cli, "print_piece", interrupt_first_answer)
+    monkeypatch.setattr(chat_module, "print_piece", interrupt_first_answer)
     status, out, _ = chat(monkeypatch, capsys, byte_model, "Tell me\nHello\n", "--temperature", "0")
     model, tok = RwkvForCausalLM.from_pretrained(byte_model), ByteTokenizer()
     fresh = answer(model, tok, "User: Hello\n\nBot:", do_sample=False)[0]

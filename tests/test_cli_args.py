@@ -120,7 +120,7 @@ def test_version(monkeypatch):
 
 
 def test_golden_runs_on_the_demo_model_by_default(tmp_path, monkeypatch):
-    status, out, err = call(["golden", "--prompt", "ROMEO:", "--new-tokens", "2", "--out", str(tmp_path / "g")], monkeypatch)
+    status, _, err = call(["golden", "--prompt", "ROMEO:", "--new-tokens", "2", "--out", str(tmp_path / "g")], monkeypatch)
     assert status == 0, err
     assert (tmp_path / "g" / "manifest.json").is_file()
 

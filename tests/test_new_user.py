@@ -12,6 +12,7 @@ import io
 import json
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,7 +209,7 @@ def test_the_shipped_tokenizer_is_gpt_neox_20b_and_ships(pile_model):
 
 
 def test_the_shipped_tokenizer_is_the_shared_data_file():
-    assert open(SHIPPED_NEOX, "rb").read() == shared_file("20B_tokenizer.json").read_bytes()
+    assert Path(SHIPPED_NEOX).read_bytes() == shared_file("20B_tokenizer.json").read_bytes()
 
 
 def test_a_converted_pile_pth_generates(tmp_path, pile_model, capsys):
@@ -228,7 +229,7 @@ def test_convert_tokenizer_option_copies_the_file(tmp_path, pile_model, byte_wei
     config, weights = byte_weights
     save_pretrained(tmp_path / "src", config, weights)
     assert main(["convert", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--tokenizer", SHIPPED_NEOX]) == 0
-    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == open(SHIPPED_NEOX, "rb").read()
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == Path(SHIPPED_NEOX).read_bytes()
 
 
 def test_no_tokenizer_for_an_unknown_vocabulary_is_one_line_in_generate_and_golden(tmp_path, capsys):
