@@ -9,14 +9,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from server_process import ServerProcess, wait_until  # skips this module without the serve extra's deps
 
-from server_process import ServerProcess, wait_until  # skips this module without the serve deps
+import rwkv_np
+from rwkv_np import RwkvForCausalLM, Tokenizer
+from rwkv_np.generation import TextStream
 
-import httpx  # noqa: E402
-
-import rwkv_np  # noqa: E402
-from rwkv_np import RwkvForCausalLM, Tokenizer  # noqa: E402
-from rwkv_np.generation import TextStream  # noqa: E402
+httpx = pytest.importorskip("httpx")
 
 CLIENTS, PER_CLIENT = 16, 4
 PROMPTS = ["ROMEO:", "JULIET:", "MERCUTIO:\nNay,", "NURSE:\nAnon!", "TYBALT:", "FRIAR LAURENCE:\n", "CAPULET:", "PARIS:"]
@@ -32,8 +31,7 @@ def sse_events(response):
 def job(i: int, url: str, expected: dict):
     """Request i of the mix (kind i % 8); returns (kind, ok)."""
     kind, prompt = i % 8, PROMPTS[i // 8 % len(PROMPTS)]
-    post = dict(timeout=TIMEOUT, headers={"content-type": "application/json"})
-    with httpx.Client(base_url=url + "/v1", **post) as http:
+    with httpx.Client(base_url=url + "/v1", timeout=TIMEOUT, headers={"content-type": "application/json"}) as http:
         if kind == 0:    # sampled, whole
             r = http.post("/completions", json={"prompt": prompt, "max_tokens": 40, "temperature": 0.8, "seed": i})
             body = r.json()
@@ -92,8 +90,8 @@ def expected():
 
 def test_64_requests_from_16_clients(expected):
     with ServerProcess() as server:
-        health = lambda: httpx.get(server.url + "/health", timeout=10).json()  # noqa: E731
-        idle = lambda: (h := health())["rows"] == 0 and h["waiting"] == 0 and h  # noqa: E731
+        health = lambda: httpx.get(server.url + "/health", timeout=10).json()
+        idle = lambda: (h := health())["rows"] == 0 and h["waiting"] == 0 and h
         assert all(ok for _, ok in run_load(server.url, expected, 32))   # warm-up: the same mix, half
         wait_until(idle)
         start_mb = server.rss_mb()

@@ -133,7 +133,7 @@ def system_prompt(model_dir, n_tokens: int) -> str:
 def bench_cache(model_dir, system_tokens: int, questions: int, tokens: int) -> dict:
     system = system_prompt(model_dir, system_tokens)
     asks = (QUESTIONS * questions)[:questions]
-    chat = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]  # noqa: E731
+    chat = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]
     runs = {}
     for name, args in (("uncached", ["--cache-mb", "0"]), ("cached", [])):
         server = Server(model_dir, *args)
@@ -178,7 +178,7 @@ def main() -> None:
                   f"texts identical: {sum(r['texts_identical'])}/{r['clients']}", flush=True)
         if args.part in ("cache", "both"):
             r = results["cache"] = bench_cache(model_dir, args.system_tokens, args.questions, args.answer_tokens)
-            fmt = lambda v: ", ".join(f"{x * 1000:.0f}" for x in v)  # noqa: E731
+            fmt = lambda v: ", ".join(f"{x * 1000:.0f}" for x in v)
             print(f"cache: {r['system_tokens']}-token system prompt, {r['questions']} questions: time to first token"
                   f" uncached [{fmt(r['ttft_uncached_s'])}] ms, cached [{fmt(r['ttft_cached_s'])}] ms: median ratio"
                   f" {r['ratio']:.3f}; answers identical: {sum(r['answers_identical'])}/{r['questions']}", flush=True)

@@ -59,7 +59,8 @@ def _sse(body) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits = Limits()) -> Starlette:
+def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits | None = None) -> Starlette:
+    limits = limits or Limits()
     created = int(time.time())
     vocab_size = engine.model.config.vocab_size
 
@@ -98,7 +99,7 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits = Limits
             request.cancelled = True  # finished requests are gone already; a dropped client's stops
 
     async def _stream(events, chat, rid, include_usage):
-        chunk = lambda **kw: protocol.chunk_body(chat, rid, created, model_id, **kw)  # noqa: E731
+        chunk = lambda **kw: protocol.chunk_body(chat, rid, created, model_id, **kw)
         if chat:
             yield _sse(chunk(role=True))
         while True:
@@ -120,7 +121,7 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits = Limits
         while True:
             try:
                 event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
                 event = None
             if time.monotonic() - checked >= 0.5:  # the client may have gone while tokens kept coming
                 if await http.is_disconnected():

@@ -21,7 +21,6 @@ Everything goes back through `emit(event)`, called from the engine thread:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,12 +83,6 @@ class Request:
         self._decoder = StreamDecoder(tokenizer)
         self._pending = ""
         self._strip = strip_leading_spaces
-        self.submitted = time.perf_counter()
-        self.first_token_at: float | None = None
-
-    @property
-    def prefilled(self) -> bool:
-        return self.logits is not None
 
     def choose(self, logits: np.ndarray) -> int:  # logits (V,) -> the next token
         s = self.sampling
@@ -102,8 +95,6 @@ class Request:
     def accept(self, token: int) -> bool:
         """Take the token chosen for this request; True when the request is finished."""
         self.generated += 1
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
         if token in self.eos_ids:
             return self.finish("stop")
         piece, self._pending, stopped = release(self._pending + self._decoder.push([token]),
