@@ -24,6 +24,8 @@ _LAZY = {
     "RwkvConfig": "v4.config",
     "RwkvCausalLMOutput": "v4.model", "RwkvForCausalLM": "v4.model", "RwkvModel": "v4.model",
     "RwkvOutput": "v4.model",
+    "Rwkv5Config": "v5.config", "Rwkv5ForCausalLM": "v5.model", "Rwkv5Model": "v5.model",
+    "Rwkv6Config": "v6.config", "Rwkv6ForCausalLM": "v6.model", "Rwkv6Model": "v6.model",
     "Rwkv7Config": "v7.config", "Rwkv7ForCausalLM": "v7.model", "Rwkv7Model": "v7.model",
 }
 __all__ = ["ConfigError", "DEMO_MODEL", "InputError", "ModelFileError", "RwkvError"] + list(_LAZY)
