@@ -63,6 +63,10 @@ class Server:
         self.client = openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=600)
         self.model = self.client.models.list().data[0].id
 
+    def health(self) -> dict:
+        import httpx
+        return httpx.get(self.base_url[:-len("/v1")] + "/health", timeout=60).json()
+
     def close(self):
         self.proc.terminate()
         self.proc.wait(120)
@@ -92,24 +96,33 @@ def bench_batch(model_dir, clients: int, tokens: int, rounds: int, server_args=(
     server = Server(model_dir, "--cache-mb", "0", "--max-batch", str(max(clients, 1)), *server_args)
     prompts = (PROMPTS * clients)[:clients]
     best = {"alone": (0.0, None, None), "together": (0.0, None, None)}  # tokens/s, seconds, results
+    model_rate = {"alone": 0.0, "together": 0.0}  # tokens / seconds inside model calls (engine counters)
+
+    def counted(name, before):
+        after = server.health()
+        seconds = sum(after[k] - before[k] for k in ("decode_seconds", "prefill_seconds"))
+        model_rate[name] = max(model_rate[name], (after["generated_tokens"] - before["generated_tokens"]) / seconds)
+
     try:
         stream(server, prompt="Warm up", max_tokens=4)
         for _ in range(rounds):
-            t = time.perf_counter()
+            t, before = time.perf_counter(), server.health()
             alone = [stream(server, prompt=p, max_tokens=tokens) for p in prompts]
             seconds = time.perf_counter() - t
+            counted("alone", before)
             best["alone"] = max(best["alone"], (sum(r[1] for r in alone) / seconds, seconds, alone), key=lambda b: b[0])
             together = [None] * clients
 
             def run(i, out):
                 out[i] = stream(server, prompt=prompts[i], max_tokens=tokens)
             threads = [threading.Thread(target=run, args=(i, together)) for i in range(clients)]
-            t = time.perf_counter()
+            t, before = time.perf_counter(), server.health()
             for th in threads:
                 th.start()
             for th in threads:
                 th.join()
             seconds = time.perf_counter() - t
+            counted("together", before)
             best["together"] = max(best["together"], (sum(r[1] for r in together) / seconds, seconds, together),
                                    key=lambda b: b[0])
     finally:
@@ -118,6 +131,7 @@ def bench_batch(model_dir, clients: int, tokens: int, rounds: int, server_args=(
     return {"clients": clients, "tokens_per_client": tokens, "rounds": rounds,
             "alone_tokens_per_s": alone_rate, "together_tokens_per_s": together_rate,
             "alone_s": alone_s, "together_s": together_s, "speedup": together_rate / alone_rate,
+            "model_only_speedup": model_rate["together"] / model_rate["alone"],
             "texts_identical": [a[0] == b[0] for a, b in zip(alone, together)]}
 
 
@@ -182,7 +196,8 @@ def main() -> None:
             r = results["batch"] = bench_batch(model_dir, args.clients, args.tokens, args.rounds, server_args)
             print(f"batch: {r['clients']} clients x {r['tokens_per_client']} tokens: alone "
                   f"{r['alone_tokens_per_s']:.1f} tokens/s ({r['alone_s']:.1f} s), together "
-                  f"{r['together_tokens_per_s']:.1f} tokens/s ({r['together_s']:.1f} s): {r['speedup']:.2f}x; "
+                  f"{r['together_tokens_per_s']:.1f} tokens/s ({r['together_s']:.1f} s): {r['speedup']:.2f}x "
+                  f"(time inside model calls only: {r['model_only_speedup']:.2f}x); "
                   f"texts identical: {sum(r['texts_identical'])}/{r['clients']}", flush=True)
         if args.part in ("cache", "both"):
             r = results["cache"] = bench_cache(model_dir, args.system_tokens, args.questions, args.answer_tokens,

@@ -121,7 +121,7 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits | None =
         while True:
             try:
                 event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            except asyncio.TimeoutError:  # noqa: UP041 (not the builtin before Python 3.11)
                 event = None
             if time.monotonic() - checked >= 0.5:  # the client may have gone while tokens kept coming
                 if await http.is_disconnected():

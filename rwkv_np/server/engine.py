@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -51,7 +52,8 @@ class Engine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts = {"requests": 0, "finished": 0, "cancelled": 0, "failed": 0, "steps": 0,
-                       "generated_tokens": 0, "prefilled_tokens": 0, "cached_tokens": 0}
+                       "generated_tokens": 0, "prefilled_tokens": 0, "cached_tokens": 0,
+                       "decode_seconds": 0.0, "prefill_seconds": 0.0}  # in model calls
 
     # -- outside the engine thread ---------------------------------------------------------------
     def start(self) -> None:
@@ -129,8 +131,9 @@ class Engine:
                 r.cached_tokens = r.pos
                 self.counts["cached_tokens"] += r.pos
             if r.pos < len(r.ids):
-                end = self._next_cut(r)
+                end, t = self._next_cut(r), time.perf_counter()
                 out = self.model(r.ids[None, r.pos:end], state=r.state, use_cache=True, logits_to_keep=1)
+                self.counts["prefill_seconds"] += time.perf_counter() - t
                 r.state, r.logits = out.state, np.array(out.logits[0, -1])
                 self.counts["prefilled_tokens"] += end - r.pos
                 r.pos = end
@@ -175,7 +178,9 @@ class Engine:
             self.counts["finished"] += int(done.sum())
             self._leave(~done)
             if self._rows:
+                t = time.perf_counter()
                 self._logits, self._state = decode_one(self.model, tokens[~done], self._state)
+                self.counts["decode_seconds"] += time.perf_counter() - t
         except Exception as e:
             log.exception("decode step failed")
             for r in self._rows:
