@@ -5,6 +5,8 @@
     python tools/bench.py model --shape 169m            # random 169M model, every storage
     python tools/bench.py model --model DIR --peers     # an HF model dir, with HF transformers
                                                         # and BlinkDL's rwkv on the same weights
+    python tools/bench.py model --shape v7-0.1b --peers # RWKV-7 (bench_v7.py), BlinkDL's rwkv
+                                                        # RWKV_x070 the peer
 
 Machines here are shared, so absolute times drift: the engines take turns, round by round, each
 turn in a fresh process (no engine's idle thread pool competes with the next one), and the best
@@ -31,6 +33,7 @@ from rwkv_np import set_threads  # noqa: E402
 from rwkv_np.linear import linear  # noqa: E402
 from rwkv_np.convert import convert, quantize  # noqa: E402
 from rwkv_np.storage import STORAGES, prepare_weight  # noqa: E402
+from bench_v7 import V7_SHAPES, BlinkDL7, is_v7, random_v7_dir, set_package_env, v7_matrices, write_v7_pth  # noqa: E402,E501
 
 SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1b5": (24, 2048)}  # name: (L, H), V = 50277
 KERNEL_SHAPES = [(768, 768), (3072, 768), (768, 3072), (50277, 768)]  # the 169M projections
@@ -116,6 +119,8 @@ MATRICES = ("att_key", "att_value", "att_receptance", "att_output",
 
 def random_model_dir(shape: str, directory: str) -> None:
     """Write an HF-layout model of a published shape with random weights in trained ranges."""
+    if shape in V7_SHAPES:
+        return random_v7_dir(shape, directory)
     from rwkv_np import RwkvConfig
     from rwkv_np.convert import save_pretrained
     from rwkv_np.v4.names import expected_shapes
@@ -144,7 +149,10 @@ class Ours:
         dtype = "float64" if storage == "float64" else "float32"
         self.name = f"rwkv_np {storage}"
         self.model = RwkvForCausalLM.from_pretrained(directory, dtype=dtype, weights=storage)
-        mats = [getattr(b, f) for b in self.model.rwkv.blocks for f in MATRICES] + [self.model.head]
+        if hasattr(self.model, "rwkv"):
+            mats = [getattr(b, f) for b in self.model.rwkv.blocks for f in MATRICES] + [self.model.head]
+        else:
+            mats = v7_matrices(self.model)
         self.weight_bytes = sum(m.nbytes for m in mats)
         self.layer_params = sum(m.shape[0] * m.shape[1] for m in mats[:-1])
 
@@ -232,6 +240,7 @@ def engine_round(args) -> None:
     """One round of one engine, in a fresh process (so that no engine's thread pool, e.g.
     torch's OpenMP threads still spinning, slows down the next): load, warm up, time; JSON out."""
     set_threads(args.threads)
+    v7 = is_v7(args.dir)
     if args.engine != "ours":  # library imports are not load time
         if PEER_GOMP is None:  # torch's own libgomp keeps its default spin, not rwkv_np's
             os.environ.pop("GOMP_SPINCOUNT", None)
@@ -240,10 +249,12 @@ def engine_round(args) -> None:
         import transformers  # noqa: F401
         os.environ.setdefault("RWKV_JIT_ON", "1")
         os.environ["RWKV_CUDA_ON"] = "0"
+        if v7:
+            set_package_env()
         import rwkv.model  # noqa: F401
     before = peak_rss_mb()
     t = time.perf_counter()
-    engine = ENGINES[args.engine](args.dir, args.storage[0])
+    engine = (BlinkDL7 if v7 and args.engine == "blinkdl" else ENGINES[args.engine])(args.dir, args.storage[0])
     res = {"name": engine.name, "load_s": time.perf_counter() - t}
     ids = np.random.default_rng(0).integers(0, 50000, max(args.prefill, default=4))
     batches = (1, 8) if args.engine == "ours" else (1,)  # HF's B > 1 decode is broken
@@ -283,10 +294,11 @@ def peak_rss_mb() -> float:
 
 def bench_models(args, directory) -> dict:
     """Rounds; in each, every engine once, each in its own process; keep each engine's best."""
-    engines = [("ours", s) for s in args.storage] + ([("hf", "float32"), ("blinkdl", "float32")]
-                                                    if args.peers else [])
+    v7 = is_v7(directory)
+    peers = [("blinkdl", "float32")] if v7 else [("hf", "float32"), ("blinkdl", "float32")]
+    engines = [("ours", s) for s in args.storage] + (peers if args.peers else [])
     if args.peers:
-        write_pth(directory)  # once, outside the timed processes
+        (write_v7_pth if v7 else write_pth)(directory)  # once, outside the timed processes
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         # bf16 and int8 run from files of their own, as deployed (`rwkv-np convert --dtype
@@ -325,15 +337,18 @@ def bench_models(args, directory) -> dict:
 
 
 TARGETS = {"float32": 0.4, "bfloat16": 0.25, "int8": 0.2}  # decode ms/token vs the best peer
+PREFILL_TARGET = 1.2  # prefill fp32 tokens/s vs the best peer
+V7_TARGETS, V7_PREFILL_TARGET = {"float32": 0.5}, 1.5  # issue 15 item 5: RWKV-7 vs RWKV_x070
 
 
-def verdicts(res, ceil) -> list:
+def verdicts(res, ceil, v7=False) -> list:
     """The performance targets, each with the measured number (B=1 decode vs the best torch peer)."""
+    targets, prefill_target = (V7_TARGETS, V7_PREFILL_TARGET) if v7 else (TARGETS, PREFILL_TARGET)
     out, ours = [], {k.split()[-1]: v for k, v in res.items() if k.startswith("rwkv_np")}
     peers = [v for k, v in res.items() if not k.startswith("rwkv_np")]
     if peers:
         best = min(p["decode_ms_B1"] for p in peers)
-        for s, limit in TARGETS.items():
+        for s, limit in targets.items():
             if s in ours:
                 ratio = ours[s]["decode_ms_B1"] / best
                 out.append((f"decode {s} <= {limit} x best peer", ratio, ratio <= limit))
@@ -342,7 +357,8 @@ def verdicts(res, ceil) -> list:
                 key = f"prefill_tok_s_T{T}"
                 if key in ours["float32"]:
                     ratio = ours["float32"][key] / max(p[key] for p in peers)
-                    out.append((f"prefill fp32 T={T} >= 1.2 x best peer", ratio, ratio >= 1.2))
+                    out.append((f"prefill fp32 T={T} >= {prefill_target} x best peer", ratio,
+                                ratio >= prefill_target))
     if "float32" in ours and ceil:
         frac = ours["float32"]["decode_GBps_B1"] / ceil["read_GBps"]
         out.append(("decode fp32 bandwidth >= 0.7 x streaming ceiling", frac, frac >= 0.7))
@@ -372,7 +388,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("what", choices=["kernels", "model", "_engine"])
-    p.add_argument("--shape", choices=sorted(SHAPES), default="169m", help="random model shape")
+    p.add_argument("--shape", choices=sorted(SHAPES) + sorted(V7_SHAPES), default="169m",
+                   help="random model shape (v7-*: RWKV-7)")
     p.add_argument("--model", help="an HF model directory instead of a random model")
     p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8"])
     p.add_argument("--peers", action="store_true", help="also run HF transformers and BlinkDL rwkv")
@@ -412,9 +429,10 @@ def main() -> None:
             if not args.model:
                 random_model_dir(args.shape, tmp)
             result["models"] = bench_models(args, directory)
+            v7 = is_v7(directory)
         print_table(result["models"])
         result["targets"] = []
-        for name, value, ok in verdicts(result["models"], ceil):
+        for name, value, ok in verdicts(result["models"], ceil, v7):
             print(f"target {'met    ' if ok else 'not met'}  {name}: {value:.3g}")
             result["targets"].append({"target": name, "value": value, "met": bool(ok)})
     if args.json:
