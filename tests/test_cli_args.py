@@ -179,6 +179,7 @@ def test_bench_peers_without_torch_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "tools" / "bench.py"), "model", "--peers"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].endswith("not installed: torch (pip install '.[dev]')")
+    last = result.stderr.splitlines()[-1]  # transformers and rwkv may be missing too (CI has neither)
+    assert "not installed: torch" in last and last.endswith("(pip install '.[dev]')")
     assert "issue" not in subprocess.run([sys.executable, str(REPO / "tools" / "bench.py"), "--help"],
                                          capture_output=True, text=True).stdout
