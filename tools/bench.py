@@ -33,6 +33,7 @@ from rwkv_np import set_threads  # noqa: E402
 from rwkv_np.linear import linear  # noqa: E402
 from rwkv_np.convert import convert, quantize  # noqa: E402
 from rwkv_np.storage import STORAGES, prepare_weight  # noqa: E402
+import peer_rwkvcpp  # noqa: E402
 from bench_v7 import V7_SHAPES, BlinkDL7, is_v7, random_v7_dir, set_package_env, v7_matrices, write_v7_pth  # noqa: E402,E501
 
 SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1b5": (24, 2048)}  # name: (L, H), V = 50277
@@ -233,7 +234,7 @@ def write_pth(directory) -> str:
     return path
 
 
-ENGINES = {"ours": Ours, "hf": HF, "blinkdl": BlinkDL}
+ENGINES = {"ours": Ours, "hf": HF, "blinkdl": BlinkDL, "rwkvcpp": peer_rwkvcpp.RwkvCpp}
 
 
 def engine_round(args) -> None:
@@ -241,9 +242,9 @@ def engine_round(args) -> None:
     torch's OpenMP threads still spinning, slows down the next): load, warm up, time; JSON out."""
     set_threads(args.threads)
     v7 = is_v7(args.dir)
-    if args.engine != "ours":  # library imports are not load time
-        if PEER_GOMP is None:  # torch's own libgomp keeps its default spin, not rwkv_np's
-            os.environ.pop("GOMP_SPINCOUNT", None)
+    if args.engine != "ours" and PEER_GOMP is None:  # a peer's libgomp (torch's, rwkv.cpp's)
+        os.environ.pop("GOMP_SPINCOUNT", None)         # keeps its default spin, not rwkv_np's
+    if args.engine in ("hf", "blinkdl"):  # library imports are not load time
         import torch
         torch.set_num_threads(args.threads)
         import transformers  # noqa: F401
@@ -260,7 +261,7 @@ def engine_round(args) -> None:
     batches = (1, 8) if args.engine == "ours" else (1,)  # HF's B > 1 decode is broken
     engine.decode(ids[:4], 1, 1)  # touches every weight once
     file_mb = sum(os.path.getsize(os.path.join(args.dir, f)) for f in os.listdir(args.dir)
-                  if f.endswith(".safetensors")) / 2**20
+                  if f.endswith((".safetensors", ".bin"))) / 2**20
     # Peak RSS above what the process held before loading (interpreter, numpy, numba, torch),
     # after one token, as a multiple of the weights file: 1 = the file mapped once, no copies.
     res["load_rss_vs_file"] = (peak_rss_mb() - before) / file_mb
@@ -310,12 +311,17 @@ def bench_models(args, directory) -> dict:
         if "int8" in dirs:
             dirs["int8"] = os.path.join(tmp, "int8")
             quantize(directory, dirs["int8"])
+        if args.peers and not v7:  # rwkv.cpp FP32, FP16, Q8_0, Q5_1 from the same .pth
+            cpp = peer_rwkvcpp.make_files(os.path.join(directory, "model.pth"), args.rwkvcpp, tmp)
+            engines += [("rwkvcpp", f) for f in cpp]
+            dirs.update(cpp)
         for r in range(args.rounds):
             for kind, storage in engines:
                 cmd = [sys.executable, os.path.abspath(__file__), "_engine", "--engine", kind,
-                       "--dir", dirs.get(storage, directory) if kind == "ours" else directory,
-                       "--storage", storage, "--threads", str(args.threads), "--steps",
-                       str(args.steps), "--prefill", *map(str, args.prefill)]
+                       "--dir", dirs[storage] if kind in ("ours", "rwkvcpp") else directory,
+                       "--storage", storage if kind == "ours" else "float32",  # rwkvcpp: its --dir
+                       "--threads", str(args.threads), "--steps", str(args.steps),
+                       "--prefill", *map(str, args.prefill)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(f"bench: {kind} {storage} failed: {out.stderr.strip()[-2000:]}")
@@ -345,7 +351,7 @@ def verdicts(res, ceil, v7=False) -> list:
     """The performance targets, each with the measured number (B=1 decode vs the best torch peer)."""
     targets, prefill_target = (V7_TARGETS, V7_PREFILL_TARGET) if v7 else (TARGETS, PREFILL_TARGET)
     out, ours = [], {k.split()[-1]: v for k, v in res.items() if k.startswith("rwkv_np")}
-    peers = [v for k, v in res.items() if not k.startswith("rwkv_np")]
+    peers = [v for k, v in res.items() if not k.startswith(("rwkv_np", "rwkv.cpp"))]  # torch
     if peers:
         best = min(p["decode_ms_B1"] for p in peers)
         for s, limit in targets.items():
@@ -392,7 +398,9 @@ def main() -> None:
                    help="random model shape (v7-*: RWKV-7)")
     p.add_argument("--model", help="an HF model directory instead of a random model")
     p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8"])
-    p.add_argument("--peers", action="store_true", help="also run HF transformers and BlinkDL rwkv")
+    p.add_argument("--peers", action="store_true", help="also run HF transformers, BlinkDL rwkv and rwkv.cpp")
+    p.add_argument("--rwkvcpp", metavar="DIR", help="rwkv.cpp tree built by build_rwkvcpp.sh (default: "
+                   "$TMPDIR/rwkvcpp, built there if the shared script exists)")
     p.add_argument("--prefill", type=int, nargs="*", default=[64, 256, 1024],
                    help="prompt lengths (none: decode only)")
     p.add_argument("--steps", type=int, default=16, help="decode steps per round")
@@ -416,6 +424,7 @@ def main() -> None:
             p.error(f"--peers runs HF transformers and BlinkDL's rwkv on torch; not installed: "
                     f"{', '.join(missing)} (pip install '.[dev]')")
         torch.set_num_threads(args.threads)
+        args.rwkvcpp = os.environ[peer_rwkvcpp.TREE_ENV] = peer_rwkvcpp.locate(args.rwkvcpp)
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
             "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     ceil = ceilings(args.threads)
@@ -432,7 +441,7 @@ def main() -> None:
             v7 = is_v7(directory)
         print_table(result["models"])
         result["targets"] = []
-        for name, value, ok in verdicts(result["models"], ceil, v7):
+        for name, value, ok in verdicts(result["models"], ceil, v7) + peer_rwkvcpp.verdicts(result["models"]):
             print(f"target {'met    ' if ok else 'not met'}  {name}: {value:.3g}")
             result["targets"].append({"target": name, "value": value, "met": bool(ok)})
     if args.json:
