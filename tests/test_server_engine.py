@@ -2,7 +2,7 @@
 finds the longest cached prefix; prompts are cut at the same absolute positions with or without a
 cached prefix; a request's text does not depend on what else is in the batch (greedy or seeded);
 a prompt that is wholly cached runs no prefill; stop strings and eos end a request; cancelled
-requests leave at once; `import rwkv_np` and its CLI load no server stack, and `serve` without
+requests leave at once; an RWKV-7 model batches as RWKV-4 does; `import rwkv_np` and its CLI load no server stack, and `serve` without
 the extra says what to install. Needs none of the serve extra: the engine is NumPy only."""
 import os
 import subprocess
@@ -160,3 +160,34 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
     assert main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'rwkv_np[serve]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_rwkv7_model_batches_too():
+    """The engine only calls the model and concatenates its state arrays row-wise: any generation."""
+    from conftest import FIXTURES
+    from rwkv_np.generation import generate
+    from rwkv_np.tokenizer import WorldTokenizer
+
+    model = RwkvForCausalLM.from_pretrained(FIXTURES / "v7" / "h2n32.pth")   # a random RWKV-7, vocab 1000
+    tokenizer = WorldTokenizer.default()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7], [5] * 10]
+    expected = [tokenizer.decode(generate(model, [p], 12, eos_token_id=[], return_dict_in_generate=True).new_tokens[0])
+                for p in prompts]
+    engine = Engine(model, PrefixCache(1 << 20), prefill_chunk=4)
+    engine.start()
+    try:
+        texts, done = [""] * 3, threading.Semaphore(0)
+
+        def emitter(i):
+            def emit(event):
+                if event[0] == "text":
+                    texts[i] += event[1]
+                else:
+                    done.release()
+            return emit
+        for i, p in enumerate(prompts):
+            engine.submit(Request(p, Sampling(max_tokens=12, temperature=0), emitter(i), tokenizer, 1000))
+        assert all(done.acquire(timeout=120) for _ in prompts)
+    finally:
+        engine.stop()
+    assert texts == expected and engine.stats()["steps"] < 36
