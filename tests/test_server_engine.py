@@ -11,15 +11,17 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import FIXTURES, REPO
 
 import rwkv_np
 from rwkv_np import RwkvForCausalLM, Tokenizer
 from rwkv_np.cli import main
+from rwkv_np.generation import generate
 from rwkv_np.generation import TextStream
 from rwkv_np.server.cache import PrefixCache
 from rwkv_np.server.engine import Engine
 from rwkv_np.server.request import Request, Sampling, release
+from rwkv_np.tokenizer import WorldTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +166,6 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
 
 def test_an_rwkv7_model_batches_too():
     """The engine only calls the model and concatenates its state arrays row-wise: any generation."""
-    from conftest import FIXTURES
-    from rwkv_np.generation import generate
-    from rwkv_np.tokenizer import WorldTokenizer
-
     model = RwkvForCausalLM.from_pretrained(FIXTURES / "v7" / "h2n32.pth")   # a random RWKV-7, vocab 1000
     tokenizer = WorldTokenizer.default()
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7], [5] * 10]
