@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import (Formatter, check_sampling, common_options, generation_kwargs, load, model_options,
+from .cli_options import (Formatter, check_sampling, common_options, generation_kwargs, load, model_options,
                   print_piece, sampling_options)
 from .errors import RwkvError
 

@@ -241,7 +241,7 @@ def add_golden(subparsers, **parser_kwargs) -> None:
         "golden", **parser_kwargs, help="write reference outputs (every layer) for other engines",
         description="Run prompts through the float64 reference path and the float32 fast path and write "
                     "a golden bundle: BUNDLE/manifest.json, golden.safetensors, float32.safetensors.")
-    from .cli import demo_model_dir
+    from .cli_options import demo_model_dir
     p.add_argument("--model", default=demo_model_dir(), metavar="PATH",
                    help="HF model directory, .safetensors, .pth, pytorch_model.bin or rwkv.cpp .bin; the "
                         "default is the demo model in rwkv_np/assets/")
@@ -258,7 +258,7 @@ def add_golden(subparsers, **parser_kwargs) -> None:
 
 
 def run_golden(args) -> int:
-    from .cli import check_model_path
+    from .cli_options import check_model_path
     from .files import check_writable
 
     if args.new_tokens < 0:

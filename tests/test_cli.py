@@ -171,7 +171,7 @@ def test_generate_saves_a_state_that_a_later_run_continues(byte_model, tmp_path,
 
 
 def test_default_model_is_the_shipped_demo(capsys):
-    from rwkv_np.cli import demo_model_dir
+    from rwkv_np.cli_options import demo_model_dir
     if demo_model_dir() is None:
         pytest.skip("no demo model in rwkv_np/assets/ yet")
     assert main(["generate", "ROMEO:", "--max-new-tokens", "30", "--seed", "0"]) == 0

@@ -77,7 +77,7 @@ def test_logits_match_when_continued_from_the_state(model, reference, split):
 def test_demo_model_loads_without_the_repository_or_shared_data(tmp_path):
     """From another working directory, with the repo only on the import path, the package
     finds its own model (rwkv-np's default --model) and runs it."""
-    code = ("import rwkv_np.cli as c, numpy as np\n"
+    code = ("import rwkv_np.cli_options as c, numpy as np\n"
             "from rwkv_np import RwkvForCausalLM\n"
             "m = RwkvForCausalLM.from_pretrained(c.demo_model_dir())\n"
             "print(m(np.frombuffer(b'ROMEO:', np.uint8).astype(np.int64)).logits.shape)\n")

@@ -23,7 +23,7 @@ from ..errors import InputError
 
 def add_serve(subparsers, **parser_kwargs) -> None:
     """Register `rwkv-np serve`; parser_kwargs (parents, formatter_class...) go to add_parser."""
-    from ..cli import model_options
+    from ..cli_options import model_options
     parents = [*parser_kwargs.pop("parents", []), model_options()]
     p = subparsers.add_parser(
         "serve", parents=parents, **parser_kwargs, help="an OpenAI-compatible HTTP server (needs rwkv_np[serve])",
@@ -71,7 +71,7 @@ def run_serve(args) -> int:
         from .app import Limits, create_app
     except ImportError as e:
         raise InputError(f"serve needs Starlette and uvicorn ({e}): pip install 'rwkv_np[serve]'") from None
-    from ..cli import load
+    from ..cli_options import load
     from .cache import PrefixCache
     from .engine import Engine
 
