@@ -1,9 +1,10 @@
 """The server's engine and prompt cache in-process (no HTTP): the LRU stays within its bytes and
 finds the longest cached prefix; prompts are cut at the same absolute positions with or without a
 cached prefix; a request's text does not depend on what else is in the batch (greedy or seeded);
-a prompt that is wholly cached runs no prefill; stop strings and eos end a request; cancelled
-requests leave at once; an RWKV-7 model batches as RWKV-4 does; `import rwkv_np` and its CLI load no server stack, and `serve` without
-the extra says what to install. Needs none of the serve extra: the engine is NumPy only."""
+a prompt that is wholly cached runs no prefill; stop strings end a request; cancelled requests
+leave at once; an RWKV-7 model batches as RWKV-4 does; `import rwkv_np` and its CLI load no
+server stack, and `serve` without the extra says what to install. Needs none of the serve extra:
+the engine is NumPy only."""
 import os
 import subprocess
 import sys
@@ -16,8 +17,7 @@ from conftest import FIXTURES, REPO
 import rwkv_np
 from rwkv_np import RwkvForCausalLM, Tokenizer
 from rwkv_np.cli import main
-from rwkv_np.generation import generate
-from rwkv_np.generation import TextStream
+from rwkv_np.generation import TextStream, generate
 from rwkv_np.server.cache import PrefixCache
 from rwkv_np.server.engine import Engine
 from rwkv_np.server.request import Request, Sampling, release
