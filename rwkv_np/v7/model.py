@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..linear import linear
+from ..linear import SMALL_N, linear
 from ..nn import cross_entropy, group_norm, layer_norm, sigmoid, token_shift
 from ..storage import as_float, compute_dtype, embed, storage_of
 from .config import Rwkv7Config
+from .decode import decode, token_layer
 from .kernels import wkv7_forward
 from .names import EMBEDDINGS, HEAD
 from .reference import DECAY_SCALE, l2_normalize
@@ -159,6 +160,9 @@ class Rwkv7Model:
                          as_float(tensors["model.layers.0.pre_norm.bias"], d))
         self.layers = [Layer.from_tensors(tensors, i, d, store) for i in range(config.num_hidden_layers)]
         self.norm = (as_float(tensors["model.norm.weight"], d), as_float(tensors["model.norm.bias"], d))
+        # Token mode (decode.py): one compiled call per layer for single-token float32 steps.
+        layers = [token_layer(lay, i == 0) for i, lay in enumerate(self.layers)] if d == np.float32 else [None]
+        self.token_layers = None if None in layers else layers
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
@@ -204,16 +208,21 @@ class Rwkv7Model:
         eps, gn_eps = self.config.norm_eps, self.config.group_norm_eps
         x = layer_norm(x, *self.pre_norm, eps)
         hidden, attentions, ffns, v_first = [], [], [], None
-        for i, lay in enumerate(self.layers):
-            att, v_first = time_mix(lay, layer_norm(x, *lay.attn_norm, eps), state, i, v_first, gn_eps)
-            x = x + att
-            ffn = channel_mix(lay, layer_norm(x, *lay.ffn_norm, eps), state, i)
-            x = x + ffn
-            if output_hidden_states:
-                hidden.append(x)
-            if output_attentions:
-                attentions.append(att)
-                ffns.append(ffn)
+        token_mode = (self.token_layers and x.shape[1] == 1 and B <= SMALL_N
+                      and not output_hidden_states and not output_attentions)
+        if token_mode:  # one compiled call per layer (decode.py), the same equations
+            x = decode(self.token_layers, x[:, 0], state, eps, gn_eps)[:, None]
+        else:
+            for i, lay in enumerate(self.layers):
+                att, v_first = time_mix(lay, layer_norm(x, *lay.attn_norm, eps), state, i, v_first, gn_eps)
+                x = x + att
+                ffn = channel_mix(lay, layer_norm(x, *lay.ffn_norm, eps), state, i)
+                x = x + ffn
+                if output_hidden_states:
+                    hidden.append(x)
+                if output_attentions:
+                    attentions.append(att)
+                    ffns.append(ffn)
         x = layer_norm(x, *self.norm, eps)
         if output_hidden_states:
             hidden.append(x)
