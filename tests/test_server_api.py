@@ -192,3 +192,20 @@ def test_errors_through_the_client(client, server):
     assert e.value.status_code == 413
     r = httpx.get(server.url + "/v1/nothing")
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_a_dead_engine_gives_503_not_a_hang(demo):
+    from starlette.testclient import TestClient
+
+    from rwkv_np.server.app import create_app
+    from rwkv_np.server.cache import PrefixCache
+    from rwkv_np.server.engine import Engine
+
+    app = create_app(Engine(demo[0], PrefixCache(0)), demo[1], MODEL)   # engine never started
+    http = TestClient(app)                                              # (no lifespan: not a `with`)
+    assert http.get("/health").status_code == 503
+    r = http.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 5})
+    assert r.status_code == 503 and r.json()["error"]["message"] == "the engine has stopped"
+    with http.stream("POST", "/v1/completions", json={"prompt": "ROMEO:", "stream": True}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert "the engine has stopped" in events[0] and events[-1] == "data: [DONE]"

@@ -98,12 +98,22 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits | None =
         finally:
             request.cancelled = True  # finished requests are gone already; a dropped client's stops
 
+    async def next_event(events, wait: float = 0.5):
+        """The engine's next event for a request, None after `wait` seconds without one, or an
+        error event when the engine thread has died (so that no response waits forever)."""
+        try:
+            return await asyncio.wait_for(events.get(), timeout=wait)
+        except asyncio.TimeoutError:  # noqa: UP041 (not the builtin before Python 3.11)
+            return None if engine.alive else ("error", "the engine has stopped")
+
     async def _stream(events, chat, rid, include_usage):
         chunk = lambda **kw: protocol.chunk_body(chat, rid, created, model_id, **kw)
         if chat:
             yield _sse(chunk(role=True))
         while True:
-            event = await events.get()
+            event = await next_event(events)
+            if event is None:
+                continue
             if event[0] == "text":
                 yield _sse(chunk(text=event[1]))
                 continue
@@ -119,10 +129,7 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits | None =
     async def _collect(http, events, chat, rid):
         pieces, checked = [], time.monotonic()
         while True:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:  # noqa: UP041 (not the builtin before Python 3.11)
-                event = None
+            event = await next_event(events)
             if time.monotonic() - checked >= 0.5:  # the client may have gone while tokens kept coming
                 if await http.is_disconnected():
                     return JSONResponse(protocol.error_body(400, "client disconnected"), status_code=400)
@@ -135,7 +142,7 @@ def create_app(engine: Engine, tokenizer, model_id: str, limits: Limits | None =
                 return JSONResponse(protocol.response_body(chat, rid, created, model_id, "".join(pieces),
                                                            event[1], event[2]))
             else:
-                raise ApiError(500, event[1])
+                raise ApiError(500 if engine.alive else 503, event[1])
 
     async def completions(http):
         return await complete(http, chat=False)
