@@ -3,7 +3,7 @@ finds the longest cached prefix; prompts are cut at the same absolute positions 
 cached prefix; a request's text does not depend on what else is in the batch (greedy or seeded);
 a prompt that is wholly cached runs no prefill; stop strings end a request; cancelled requests
 leave at once; an RWKV-7 model batches as RWKV-4 does; `import rwkv_np` and its CLI load no
-server stack, and `serve` without the extra says what to install. Needs none of the serve extra:
+server stack, and `serve` without the extra says what to install; the chat formats. Needs none of the serve extra:
 the engine is NumPy only."""
 import os
 import subprocess
@@ -20,8 +20,9 @@ from rwkv_np.cli import main
 from rwkv_np.generation import TextStream, generate
 from rwkv_np.server.cache import PrefixCache
 from rwkv_np.server.engine import Engine
+from rwkv_np.server.protocol import chat_prompt, chat_segments
 from rwkv_np.server.request import Request, Sampling, release
-from rwkv_np.tokenizer import WorldTokenizer
+from rwkv_np.tokenizer import ByteTokenizer, WorldTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +190,16 @@ def test_an_rwkv7_model_batches_too():
     finally:
         engine.stop()
     assert texts == expected and engine.stats()["steps"] < 36
+
+
+def test_chat_formats():
+    messages = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi\n\n\nthere"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": [{"type": "text", "text": "Bye"}]}]
+    assert chat_segments(messages, world=True) == (
+        ["System: Be brief.\n\n", "User: Hi\nthere\n\n", "Assistant:", " Hello!\n\n", "User: Bye\n\n", "Assistant:"],
+        ("\n\n",))
+    assert chat_segments(messages, world=False) == (           # as `rwkv-np chat` writes a conversation
+        ["Be brief.\n\n", "User: Hi\n\n\nthere\n\n", "Bot:", " Hello!\n\n", "User: Bye\n\n", "Bot:"],
+        ("\n\n", "\nUser:"))
+    ids, checkpoints, _ = chat_prompt(messages[:2], ByteTokenizer(), 256)
+    assert bytes(ids) == b"Be brief.\n\nUser: Hi\n\n\nthere\n\nBot:" and checkpoints == [11, 29]
