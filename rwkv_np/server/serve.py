@@ -50,9 +50,11 @@ def add_serve(subparsers, **parser_kwargs) -> None:
     p.set_defaults(run=run_serve)
 
 
-def warm_up(model) -> None:
-    """Compile every kernel a request will use: a prompt (GEMM path), B = 1 and B = 2 steps."""
+def warm_up(model, tokenizer) -> None:
+    """Compile every kernel a request will use: the tokenizer's, a prompt (GEMM path), B = 1 and
+    B = 2 steps."""
     from ..generation import decode_one, prefill
+    tokenizer.decode(tokenizer.encode("Warm up."))
     _, state = prefill(model, np.zeros((2, 20), dtype=np.int64), chunk_size=20)
     decode_one(model, [0], [s[:1] for s in state])
     decode_one(model, [0, 0], state)
@@ -85,7 +87,7 @@ def run_serve(args) -> int:
             raise InputError(f"{flag}: out of range: {value}")
     sock = _listen(args.host, args.port)  # before loading: a taken port fails at once
     model, tokenizer = load(args)
-    warm_up(model)
+    warm_up(model, tokenizer)
     name = args.name or model_name(args.model)
     engine = Engine(model, PrefixCache(args.cache_mb * 2**20), args.prefill_chunk,
                     cache_every=args.prefill_chunk * max(1, 256 // args.prefill_chunk),
