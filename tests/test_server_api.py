@@ -69,6 +69,16 @@ def test_greedy_equals_generate_cli_and_api(client, demo, prompt, capsys):
     assert out.usage.total_tokens == out.usage.prompt_tokens + 80
 
 
+def test_prompt_as_token_ids(client):
+    by_text = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=20, temperature=0)
+    by_ids = client.completions.create(model=MODEL, prompt=list(b"ROMEO:"), max_tokens=20, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    with pytest.raises(openai.BadRequestError):           # one prompt per request
+        client.completions.create(model=MODEL, prompt=["ROMEO:", "JULIET:"], max_tokens=5)
+    with pytest.raises(openai.BadRequestError):           # ids outside the vocabulary
+        client.completions.create(model=MODEL, prompt=[300], max_tokens=5)
+
+
 def test_streaming_equals_whole(client):
     whole = client.completions.create(model=MODEL, prompt="JULIET:", max_tokens=60, temperature=0)
     chunks = list(client.completions.create(model=MODEL, prompt="JULIET:", max_tokens=60, temperature=0,
