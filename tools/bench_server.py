@@ -4,12 +4,15 @@ shape with random weights (tools/bench.py's), driven by the official openai clie
     python tools/bench_server.py                  # both parts
     python tools/bench_server.py batch --clients 8 --tokens 128
     python tools/bench_server.py cache --system-tokens 1000 --questions 4
+    python tools/bench_server.py stall --system-tokens 1000 --tokens 128
 
 batch   each client's prompt alone (one after another), then all clients at once, streaming and
         greedy; aggregate tokens/s together vs alone (target >= 4x for 8 clients) and every
         client's text together == its text alone. The server runs with --cache-mb 0, so neither
         pass is helped by the other's cached prompts; the passes alternate for --rounds rounds
         and the best of each is kept.
+stall   (only when asked) 4 streams decode while a ~1,000-token prompt arrives: their longest
+        gap between tokens vs the newcomer's whole prefill (chunked, so one chunk per token).
 cache   a system prompt of ~1,000 tokens, then short questions as chat requests: time to first
         token (first content chunk of the stream) on a server without cache (--cache-mb 0) vs one
         whose cache holds the system prompt (one earlier request with another question); target
@@ -72,8 +75,9 @@ class Server:
         self.proc.wait(120)
 
 
-def stream(server, **kwargs):
-    """One streamed request -> (text, completion tokens, seconds to the first text, seconds in all)."""
+def stream(server, times=None, **kwargs):
+    """One streamed request -> (text, completion tokens, seconds to the first text, seconds in all);
+    `times` (a list) gets the arrival time of every text chunk."""
     t0 = time.perf_counter()
     chat = "messages" in kwargs
     create = server.client.chat.completions.create if chat else server.client.completions.create
@@ -86,6 +90,8 @@ def stream(server, **kwargs):
             piece = choice.delta.content if chat else choice.text
             if piece or choice.finish_reason:
                 first = first or time.perf_counter() - t0
+            if piece and times is not None:
+                times.append(time.perf_counter())
             pieces.append(piece or "")
     return "".join(pieces), tokens, first, time.perf_counter() - t0
 
@@ -169,9 +175,35 @@ def bench_cache(model_dir, system_tokens: int, questions: int, tokens: int, serv
             "answers_identical": [a[0] == b[0] for a, b in zip(runs["uncached"], runs["cached"])]}
 
 
+def bench_stall(model_dir, prompt_tokens: int, clients: int, tokens: int, server_args=()) -> dict:
+    """`clients` streams decode; a prompt of `prompt_tokens` arrives meanwhile. Its prefill goes in
+    chunks between their steps: their longest wait for a token vs the whole prefill (its TTFT)."""
+    import numpy as np
+    server = Server(model_dir, "--cache-mb", "0", *server_args)
+    try:
+        stream(server, prompt="Warm up", max_tokens=4)
+        times = [[] for _ in range(clients)]
+        threads = [threading.Thread(target=stream, args=(server, times[i]),
+                                    kwargs={"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens})
+                   for i in range(clients)]
+        for th in threads:
+            th.start()
+        while min(len(t) for t in times) < 5:
+            time.sleep(0.01)
+        long = stream(server, prompt=system_prompt(model_dir, prompt_tokens), max_tokens=4)
+        for th in threads:
+            th.join()
+    finally:
+        server.close()
+    gaps = np.concatenate([np.diff(t) for t in times])
+    return {"clients": clients, "prompt_tokens": prompt_tokens, "newcomer_ttft_s": long[2],
+            "median_gap_s": float(np.median(gaps)), "max_gap_s": float(gaps.max())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", choices=["batch", "cache", "both"], default="both")
+    p.add_argument("part", nargs="?", choices=["batch", "cache", "stall", "both"], default="both",
+                   help="both: batch and cache")
     p.add_argument("--model", help="a model directory (default: random 169M-shape weights in a temporary dir)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--tokens", type=int, default=128, help="tokens per client (batch)")
@@ -206,6 +238,11 @@ def main() -> None:
             print(f"cache: {r['system_tokens']}-token system prompt, {r['questions']} questions: time to first token"
                   f" uncached [{fmt(r['ttft_uncached_s'])}] ms, cached [{fmt(r['ttft_cached_s'])}] ms: median ratio"
                   f" {r['ratio']:.3f}; answers identical: {sum(r['answers_identical'])}/{r['questions']}", flush=True)
+        if args.part == "stall":
+            r = results["stall"] = bench_stall(model_dir, args.system_tokens, 4, args.tokens, server_args)
+            print(f"stall: {r['clients']} streams decoding while a {r['prompt_tokens']}-token prompt is prefilled"
+                  f" ({r['newcomer_ttft_s']:.1f} s to its first token): their gaps between tokens median"
+                  f" {r['median_gap_s'] * 1000:.0f} ms, longest {r['max_gap_s'] * 1000:.0f} ms", flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
