@@ -1,6 +1,6 @@
 """`rwkv-np serve`: an OpenAI-compatible HTTP server with continuous batching and a prompt-state cache.
 
-    cli.py       `rwkv-np serve`: load the model, run uvicorn, finish in-flight work on SIGINT/SIGTERM
+    serve.py     `rwkv-np serve`: load the model, run uvicorn, finish in-flight work on SIGINT/SIGTERM
     app.py       the ASGI app (Starlette): routes, server-sent events, client disconnects
     protocol.py  the OpenAI API's shapes: request validation (OpenAI-style errors), chat prompts,
                  response and chunk bodies
