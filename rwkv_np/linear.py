@@ -10,8 +10,9 @@ BLAS. `linear` picks the kernel by the number of rows N of x:
                 int16 (`activations`) in integer arithmetic, reading a quarter.
   2 <= N <= 16  (batched decode) a matrix-matrix kernel that reads each weight row once and
                 uses it for every row of x while it sits in L1.
-  N > 16        BLAS GEMM (numpy's OpenBLAS); 16-bit and int8 weights are widened to float32
-                a block of rows at a time, so no float32 copy of the whole matrix is made.
+  N > 16        BLAS GEMM (numpy's OpenBLAS, on one thread per block of W's rows, the blocks
+                split between the threads by a pool of ours); 16-bit and int8 weights are widened
+                to float32 a block of rows at a time, so no float32 copy of the whole matrix is made.
 
 Weights come in any storage of storage.py, as `packed` tuples. Products smaller than
 PARALLEL_MIN_WEIGHTS (a small model's) run the same kernels on one core.
@@ -19,6 +20,8 @@ PARALLEL_MIN_WEIGHTS (a small model's) run the same kernels on one core.
 Dot products use fastmath (they reassociate the sum so it vectorizes); nothing here relies on
 -inf / -1e38 sentinels, so that is safe. Numba's np.dot would need scipy: kernels are plain loops.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -27,6 +30,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
 from .errors import InputError
+from .threads import blas_single_thread
 from .storage import (F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed,
                       rows_as_float)
 
@@ -280,15 +284,38 @@ def _project_all_parallel(W, x, y, blocks):  # _project_all with the blocks spli
 
 
 # ---------------------------------------------------------------- prefill: N > SMALL_N, BLAS
+# A product is cut into blocks of W's rows, each an independent single-threaded BLAS call into
+# its columns of y, run as tasks on a pool of numba.get_num_threads() threads: a core that another
+# process holds delays one task, not every step of the product (OpenBLAS's own threads wait for
+# each other inside it: threads.blas_single_thread has the figures). Packed weights are widened
+# to float32 _BLOCK_BYTES at a time inside their task, so the widening runs on every core too.
+_TASK_FLOPS = 1 << 24   # ~16 MFLOP, ~0.2 ms of sgemm on one core: a pool task costs ~30 us
+_TASK_ROWS = 32         # blocks of W's rows come in multiples of this (whole BLAS panels)
+_pools = {}             # threads -> ThreadPoolExecutor
 
-def _gemm_packed(x, W):  # x (N, in), W (array, kind, row_scale) packed -> (N, out)
-    """BLAS on float32 copies of W made a block of rows at a time (no full float32 copy)."""
-    out, n_in = W[0].shape[0], x.shape[1]
-    rows = max(1, _BLOCK_BYTES // (4 * n_in))
-    y = np.empty((x.shape[0], out), x.dtype)
-    for r0 in range(0, out, rows):
-        r1 = min(out, r0 + rows)
-        y[:, r0:r1] = x @ rows_as_float(W, r0, r1).T
+
+def _gemm(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> (N, out) in x's dtype
+    """y = x @ W.T by BLAS on blocks of W's rows, the blocks split between the threads."""
+    (N, n_in), out = x.shape, W[0].shape[0]
+    threads = numba.get_num_threads()  # the calling thread's count (set_threads)
+    tasks = 1 if threads == 1 else min(4 * threads, max(1, 2 * N * n_in * out // _TASK_FLOPS))
+    rows = out if tasks == 1 else -(-out // tasks // _TASK_ROWS) * _TASK_ROWS
+    step = out if W[1] == FLOAT else max(1, _BLOCK_BYTES // (4 * n_in))  # rows widened at a time
+    y = np.empty((N, out), x.dtype)
+
+    def block(r0):  # rows r0 : r0 + rows of W -> columns of y
+        for s0 in range(r0, min(out, r0 + rows), step):
+            s1 = min(out, r0 + rows, s0 + step)
+            np.matmul(x, rows_as_float(W, s0, s1).T, out=y[:, s0:s1])
+
+    with blas_single_thread():
+        if out <= rows:
+            block(0)
+        else:
+            if threads not in _pools:
+                _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="rwkv_np-gemm")
+            for _ in _pools[threads].map(block, range(0, out, rows)):
+                pass
     return y
 
 
@@ -306,9 +333,7 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
     x = np.ascontiguousarray(x)
     N = x.shape[0]
     if N > SMALL_N:
-        if Wt[1] == FLOAT:
-            return (x @ Wt[0].T).astype(x.dtype, copy=False)
-        return _gemm_packed(x, Wt)
+        return _gemm(x, Wt)
     y = np.empty((N, W.shape[0]), x.dtype)
     if N > 0:
         parallel = W.shape[0] * W.shape[1] >= PARALLEL_MIN_WEIGHTS

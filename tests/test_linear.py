@@ -184,6 +184,28 @@ def test_blocked_gemm_covers_every_row(storage, monkeypatch):
     assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
 
 
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_tasks_cover_every_row(storage, threads, monkeypatch):
+    # Tiny tasks (8-row blocks, 3-row widening) so that a prompt's product is many pool tasks
+    # whose blocks end inside a widening block and at the last, partial one; and on one thread,
+    # one task for everything. numpy's OpenBLAS thread count is left as it was.
+    from rwkv_np.threads import _openblas_threads
+    monkeypatch.setattr(lin, "_TASK_FLOPS", 1)
+    monkeypatch.setattr(lin, "_TASK_ROWS", 8)
+    monkeypatch.setattr(lin, "_BLOCK_BYTES", 4 * 29 * 3)
+    rng = np.random.default_rng(6)
+    Wp = make(storage, random_weight(rng, (61, 29)))
+    x = rng.standard_normal((40, 29)).astype(np.float32)
+    blas_threads = [get() for _, get in _openblas_threads()]
+    try:
+        set_threads(threads)
+        assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
+    finally:
+        set_threads()
+    assert [get() for _, get in _openblas_threads()] == blas_threads
+
+
 @given(out=st.integers(1, 70), n_in=st.integers(1, 70), N=st.sampled_from([1, 2, 5, 16, 17, 30]),
        storage=st.sampled_from(STORAGES), seed=st.integers(0, 2 ** 32 - 1))
 def test_any_shape_any_path(out, n_in, N, storage, seed):
