@@ -8,42 +8,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.core.extending import overload
 
-from ..storage import _bits_to_f32
+from ..exp import exp_nonpositive as _exp_nonpositive  # e^x for x <= 0: a vectorizable float32 exp
 from .wkv import empty_wkv_state
-
-
-@numba.njit(inline="always")
-def _exp32(x):  # float32 e^x for x <= 0: < 1 ulp, exactly 0 below -87.34 (e^(-1e38) = 0)
-    """A polynomial exp that LLVM can vectorize, unlike a call to the C library's expf.
-
-    x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two parts so that n ln2 is exact), then
-    e^r by the degree-7 Taylor-like polynomial of Cephes' expf, times 2^n built in the exponent
-    bits. Results below float32's normal range (x < ln 2^-126) are flushed to 0."""
-    f32 = np.float32
-    z = max(x, f32(-87.336544))
-    n = np.floor(z * f32(1.44269504) + f32(0.5))
-    r = z - n * f32(0.693359375) + n * f32(2.12194440e-4)
-    p = f32(1.9875691500e-4)
-    p = p * r + f32(1.3981999507e-3)
-    p = p * r + f32(8.3334519073e-3)
-    p = p * r + f32(4.1665795894e-2)
-    p = p * r + f32(1.6666665459e-1)
-    p = p * r + f32(5.0000001201e-1)
-    e = (p * r * r + r + f32(1.0)) * _bits_to_f32(np.uint32((np.int32(n) + 127) << 23))
-    return f32(0.0) if x < f32(-87.336544) else e  # NaN stays NaN
-
-
-def _exp_nonpositive(x):  # e^x for x <= 0 in x's precision
-    pass
-
-
-@overload(_exp_nonpositive)
-def _exp_nonpositive_impl(x):
-    if x == numba.types.float32:
-        return lambda x: _exp32(x)
-    return lambda x: np.exp(x)  # float64: the C library's exp, for the golden-output precision
 
 
 @numba.njit(inline="always")

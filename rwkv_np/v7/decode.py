@@ -31,7 +31,8 @@ from numba import njit, prange
 
 from ..linear import PARALLEL_MIN_WEIGHTS, activations, project
 from ..storage import packed
-from .kernels import norm_and_mix
+from ..exp import exp_nonpositive, sigmoid
+from .kernels import dot8, head_outputs, norm_and_mix, row_inputs
 from .reference import DECAY_SCALE
 
 ROWS_PER_JOB = 16                          # weight rows per parallel work item (as RWKV-4's decode)
@@ -76,82 +77,29 @@ def _keep(last, l, xn):  # last (B, L, C) <- xn (B, 1, C) at layer l: the token 
             last[b, l, j] = xn[b, 0, j]
 
 
-@njit(inline="always")
-def _dot(x, y):  # x, y (n,) -> Σ x_j y_j in eight interleaved partial sums
-    """A fixed summation order (lanes j mod 8, then pairwise), so no fastmath is needed for eight
-    independent chains that LLVM can put in one vector register."""
-    f32 = np.float32
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = f32(0.0)
-    n, j = x.shape[0], 0
-    while j + 8 <= n:
-        s0 += x[j] * y[j]
-        s1 += x[j + 1] * y[j + 1]
-        s2 += x[j + 2] * y[j + 2]
-        s3 += x[j + 3] * y[j + 3]
-        s4 += x[j + 4] * y[j + 4]
-        s5 += x[j + 5] * y[j + 5]
-        s6 += x[j + 6] * y[j + 6]
-        s7 += x[j + 7] * y[j + 7]
-        j += 8
-    while j < n:
-        s0 += x[j] * y[j]
-        j += 1
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@njit(inline="always")
-def _sigmoid(z):
-    return 1 / (1 + np.exp(-z))
-
-
 @njit(cache=True, error_model="numpy")  # a call, not inlined: one compiled body for both builds
-def _head(h, b, first, r, k, v, v_first, zw, za, zg, zv, S, o, vectors, gn_eps):
-    # one head h of batch row b: r .. zv, o (B, C); S (N, N) [value][key], updated in place
-    """Phase 2's elementwise work and WKV-7 step for one head (equations in the module docstring).
-    vectors: the TokenLayer fields it reads, as a plain tuple (a parallel loop cannot take the
-    NamedTuple itself)."""
-    k_k, k_a, w_bias, a_bias, v_bias, gn_weight, gn_bias, r_k = vectors
+def _head(h, b, first, r, k, v, v_first, zw, za, zg, zv, S, p, gn, tmp, o, gn_eps):
+    # one head h of batch row b: r .. zv, o (B, C); S (N, N) [value][key], updated in place;
+    # p = (k_k, k_a, w0, a0, v0), gn = (weight, bias, r_k); tmp: six (B, C) scratch arrays
+    """Phase 2's elementwise work (kernels.row_inputs / head_outputs, as the prompt path runs
+    them) around the WKV-7 step of one token, in S's own layout: row i (value i) is contiguous,
+    so S a and S r are dot products over it (8-lane sums)."""
     N = S.shape[0]
-    c0, f32 = h * N, np.float32
-    kk, wd, aa, bb = np.empty(N, f32), np.empty(N, f32), np.empty(N, f32), np.empty(N, f32)
-    kt, vt, rt, y = np.empty(N, f32), np.empty(N, f32), np.empty(N, f32), np.empty(N, f32)
-    for i in range(N):
-        kk[i] = k[b, c0 + i] * k_k[c0 + i]
-    norm = max(np.sqrt(_dot(kk, kk)), f32(1e-12))                     # l2_normalize
-    bonus = f32(0.0)
-    for i in range(N):
-        c = c0 + i
-        iclr = _sigmoid(za[b, c] + a_bias[c])
-        wd[i] = np.exp(_NEG_DECAY * _sigmoid(zw[b, c] + w_bias[c]))   # decay w in (0.545, 1)
-        aa[i] = -(kk[i] / norm)
-        bb[i] = (kk[i] / norm) * iclr
-        kt[i] = k[b, c] * (1 + (iclr - 1) * k_a[c])
-        vi = v[b, c]
-        if first:
-            v_first[b, c] = vi
-        else:
-            vi = vi + (v_first[b, c] - vi) * _sigmoid(zv[b, c] + v_bias[c])
-        vt[i], rt[i] = vi, r[b, c]
-        bonus += rt[i] * kt[i] * r_k[h, i]
+    c0, c1 = h * N, (h + 1) * N
+    w_log, kt, vt, a, bb, y = tmp
+    row_inputs(b, c0, c1, N, first, k, v, v_first, zw, za, zv, p, _NEG_DECAY, w_log, kt, vt, a, bb)
+    w = np.empty(N, np.float32)
+    for j in range(N):
+        w[j] = exp_nonpositive(w_log[b, c0 + j])
+    aj, bj, kj, rj = a[b, c0:c1], bb[b, c0:c1], kt[b, c0:c1], r[b, c0:c1]
     for i in range(N):                                   # S[i][j] w_j + (S a)_i b_j + v_i k_j
         row = S[i]
-        sa = _dot(row, aa)
-        vi = vt[i]
+        sa = dot8(row, aj)
+        vi = vt[b, c0 + i]
         for j in range(N):
-            row[j] = row[j] * wd[j] + sa * bb[j] + vi * kt[j]
-        y[i] = _dot(row, rt)                             # y = S_t r
-    mean = 0.0                                           # group norm of the head, float64 statistics
-    for i in range(N):
-        mean += y[i]
-    mean /= N
-    var = 0.0
-    for i in range(N):
-        var += (y[i] - mean) ** 2
-    inv = 1.0 / np.sqrt(var / N + gn_eps)
-    for i in range(N):
-        c = c0 + i
-        yn = f32((y[i] - mean) * inv) * gn_weight[c] + gn_bias[c]
-        o[b, c] = (yn + bonus * vt[i]) * zg[b, c]
+            row[j] = row[j] * w[j] + sa * bj[j] + vi * kj[j]
+        y[b, c0 + i] = dot8(row, rj)                     # y = S_t r
+    head_outputs(b, c0, c1, h, y, r, kt, vt, zg, gn[2], gn[0], gn[1], gn_eps, o)
 
 
 @njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions
@@ -164,7 +112,7 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     Wr, Wk, Wv, Wo, Fk, Fv = w.r_proj, w.k_proj, w.v_proj, w.o_proj, w.ffn_key, w.ffn_value
     W1, A1, G1, V1 = w.w_down, w.a_down, w.g_down, w.v_down     # fields as locals: a parallel
     W2, A2, G2, V2 = w.w_up, w.a_up, w.g_up, w.v_up             # loop cannot take the NamedTuple
-    vectors = (w.k_k, w.k_a, w.w_bias, w.a_bias, w.v_bias, w.g_norm_weight, w.g_norm_bias, w.r_k)
+    p, gn = (w.k_k, w.k_a, w.w_bias, w.a_bias, w.v_bias), (w.g_norm_weight, w.g_norm_bias, w.r_k)
     first = w.first
     B, C = x.shape
     H, N = w.r_k.shape
@@ -201,7 +149,7 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
             i0, i1 = _block(G1, xg, hg, job - 3 * nc - nw - na, C)
             for b in range(B):
                 for i in range(i0, i1):
-                    hg[b, i] = _sigmoid(hg[b, i])
+                    hg[b, i] = sigmoid(hg[b, i])
         else:
             _block(V1, xv1, hv, job - 3 * nc - nw - na - ng, C)
 
@@ -209,6 +157,8 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     hw2, ha2, hg2, hv2 = activations(W2, hw), activations(A2, ha), activations(G2, hg), activations(V2, hv)
     zw, za, zg, zv = np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32)
     o = np.empty((B, C), f32)
+    tmp = (np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32),
+           np.empty((B, C), f32), np.empty((B, C), f32))
     for h in prange(H):
         project(W2, hw2, zw, h * N, (h + 1) * N, np.empty(Dw, f32))
         project(A2, ha2, za, h * N, (h + 1) * N, np.empty(Da, f32))
@@ -216,7 +166,7 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
         if not first:
             project(V2, hv2, zv, h * N, (h + 1) * N, np.empty(Dv, f32))
         for b in range(B):
-            _head(h, b, first, r, k, v, v_first, zw, za, zg, zv, wkv[b, l, h], o, vectors, gn_eps)
+            _head(h, b, first, r, k, v, v_first, zw, za, zg, zv, wkv[b, l, h], p, gn, tmp, o, gn_eps)
 
     # 3. x += o Wo^T
     att, oa = np.empty((B, C), f32), activations(Wo, o)

@@ -1,12 +1,14 @@
 """Rwkv7ForCausalLM (and its trunk, Rwkv7Model): the fast RWKV-7 engine, float32 (default) or
 float64, HF-style calls on NumPy.
 
-The same numbers as reference.py (read that first: this file computes its equations), with three
+The same numbers as reference.py (read that first: this file computes its equations), with
 differences of method, none of meaning: the projections and LoRAs of all B x T tokens run as one
 matrix product each through `rwkv_np.linear` (any weight storage: float32/64, float16, bfloat16,
-int8), the WKV-7 recurrence runs in the Numba kernel (kernels.py), and everything stays in the
-model's dtype. Load-time work (flattening the mixes, choosing each matrix's storage) happens once,
-in `Layer.from_tensors`.
+int8); the layer norms with their token-shift blends, the elementwise work around the WKV-7
+recurrence and the recurrence itself run in Numba (kernels.py); single-token float32 steps of up
+to 16 rows run each layer as one compiled call (decode.py); everything stays in the model's dtype.
+Load-time work (flattening the mixes, choosing each matrix's storage) happens once, in
+`Layer.from_tensors` (and decode.token_layer).
 
     model = Rwkv7ForCausalLM.from_pretrained("path/to/model")   # fla directory, .pth, rwkv.cpp .bin
     out = model(input_ids)                        # out.logits (B, T, V), out.state
@@ -21,16 +23,15 @@ import numpy as np
 
 from ..errors import InputError
 from ..linear import SMALL_N, linear
-from ..nn import cross_entropy, group_norm, layer_norm, sigmoid, token_shift
+from ..nn import cross_entropy, layer_norm, sigmoid
 from ..storage import as_float, compute_dtype, embed, storage_of
 from .config import Rwkv7Config
 from .decode import decode, token_layer
-from .kernels import wkv7_forward
+from .kernels import norm_and_mix, wkv7_forward, wkv7_inputs, wkv7_outputs
 from .names import EMBEDDINGS, HEAD
-from .reference import DECAY_SCALE, l2_normalize
+from .reference import DECAY_SCALE
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
-_DECAY = float(DECAY_SCALE)  # a Python float: it keeps float32 arrays float32 (NumPy 2 scalar rules)
 
 
 @dataclass
@@ -97,48 +98,45 @@ class Layer:
                    ffn_value=store(p[pre + "ffn.value.weight"]))
 
 
-def low_rank(x, lora, activation=None):  # x (n, C) -> (n, C)
-    """act(x A^T) B^T (+ bias): two thin products, through `linear` like every matrix."""
-    down, up, bias = lora
-    h = linear(x, down)
-    if activation is not None:
-        h = activation(h)
-    y = linear(h, up)
-    return y if bias is None else y + bias
-
-
-def time_mix(lay: Layer, x, state, i, v_first, eps):  # x (B, T, C) the attn_norm output
+def time_mix(lay: Layer, x, state, i, v_first, eps, gn_eps):  # x (B, T, C) the residual stream
     # -> out (B, T, C), v_first (B*T, C); updates state layer i
-    """reference.time_mix with every product over all B*T rows at once (see its equations)."""
+    """reference.time_mix of attn_norm(x) (see its equations), as matrix products over all B*T rows
+    and three compiled passes: the norm and six blends (kernels.norm_and_mix), the elementwise
+    work before the WKV (wkv7_inputs) and after it (wkv7_outputs)."""
     B, T, C = x.shape
     H, N = lay.r_k.shape
-    dx = token_shift(x, state[ATT_X][:, i]) - x
-    xr, xw, xk, xv, xa, xg = ((x + dx * m).reshape(B * T, C) for m in lay.mix)
+    xa, (xr, xw, xk, xv, xa_, xg) = norm_and_mix(x, np.ascontiguousarray(state[ATT_X][:, i]),
+                                                 *lay.attn_norm, eps, lay.mix)
     r, k, v = linear(xr, lay.r_proj), linear(xk, lay.k_proj), linear(xv, lay.v_proj)   # (B*T, C)
-    w_log = -_DECAY * sigmoid(low_rank(xw, lay.w_lora, np.tanh))                      # log-decay
-    iclr = sigmoid(low_rank(xa, lay.a_lora))                                         # in (0, 1)
-    g = low_rank(xg, lay.g_lora, sigmoid)
-    kk = l2_normalize((k * lay.k_k).reshape(B * T, H, N)).reshape(B * T, C)
-    k = k * (1 + (iclr - 1) * lay.k_a)
-    if lay.v_lora is None:
-        v_first = v
+    (w1, w2, w0), (a1, a2, a0), (g1, g2, _) = lay.w_lora, lay.a_lora, lay.g_lora
+    zw = linear(np.tanh(linear(xw, w1)), w2)                  # the LoRAs; biases in wkv7_inputs
+    za = linear(linear(xa_, a1), a2)
+    g = linear(sigmoid(linear(xg, g1)), g2)                   # the output gate
+    first = lay.v_lora is None                                # layer 0: v_first is its v
+    if first:
+        zv, v0, v_first = v, a0, np.empty_like(v)             # zv, v0 unread
     else:
-        v = v + (v_first - v) * sigmoid(low_rank(xv, lay.v_lora))
+        zv, v0 = linear(linear(xv, lay.v_lora[0]), lay.v_lora[1]), lay.v_lora[2]
+    w_log, k, v, a, b = wkv7_inputs(first, k, v, v_first, zw, za, zv, (lay.k_k, lay.k_a, w0, a0, v0),
+                                    x.dtype.type(-DECAY_SCALE), H)
     heads = lambda z: z.reshape(B, T, H, N)  # noqa: E731
-    y, state[WKV][:, i] = wkv7_forward(heads(r), heads(w_log), heads(k), heads(v), heads(-kk),
-                                       heads(kk * iclr), state[WKV][:, i])
-    y = group_norm(y.reshape(B, T, C), *lay.g_norm, heads=H, eps=eps).reshape(B * T, C)
-    bonus = (heads(r) * heads(k) * lay.r_k).sum(-1, keepdims=True) * heads(v)        # (B, T, H, N)
-    state[ATT_X][:, i] = x[:, -1]
-    return linear((y + bonus.reshape(B * T, C)) * g, lay.o_proj).reshape(B, T, C), v_first
+    y, state[WKV][:, i] = wkv7_forward(heads(r), heads(w_log), heads(k), heads(v), heads(a), heads(b),
+                                       state[WKV][:, i])
+    state[ATT_X][:, i] = xa[:, -1]
+    o = wkv7_outputs(y.reshape(B * T, C), r, k, v, g, lay.r_k, *lay.g_norm, gn_eps)
+    return linear(o, lay.o_proj).reshape(B, T, C), v_first
 
 
-def channel_mix(lay: Layer, x, state, i):  # x (B, T, C) the ffn_norm output -> (B, T, C); updates state
+def channel_mix(lay: Layer, x, state, i, eps):  # x (B, T, C) the residual stream -> (B, T, C)
+    # updates state layer i
+    """reference.channel_mix of ffn_norm(x): relu(xk Fk^T)^2 Fv^T, the norm and blend compiled."""
     B, T, C = x.shape
-    xk = (x + (token_shift(x, state[FFN_X][:, i]) - x) * lay.ffn_x_k).reshape(B * T, C)
-    key = np.maximum(linear(xk, lay.ffn_key), 0)
+    xf, (xk,) = norm_and_mix(x, np.ascontiguousarray(state[FFN_X][:, i]), *lay.ffn_norm, eps,
+                             lay.ffn_x_k[None])
+    key = linear(xk, lay.ffn_key)
+    np.maximum(key, 0, out=key)
     key *= key
-    state[FFN_X][:, i] = x[:, -1]
+    state[FFN_X][:, i] = xf[:, -1]
     return linear(key, lay.ffn_value).reshape(B, T, C)
 
 
@@ -214,9 +212,9 @@ class Rwkv7Model:
             x = decode(self.token_layers, x[:, 0], state, eps, gn_eps)[:, None]
         else:
             for i, lay in enumerate(self.layers):
-                att, v_first = time_mix(lay, layer_norm(x, *lay.attn_norm, eps), state, i, v_first, gn_eps)
+                att, v_first = time_mix(lay, x, state, i, v_first, eps, gn_eps)
                 x = x + att
-                ffn = channel_mix(lay, layer_norm(x, *lay.ffn_norm, eps), state, i)
+                ffn = channel_mix(lay, x, state, i, eps)
                 x = x + ffn
                 if output_hidden_states:
                     hidden.append(x)
