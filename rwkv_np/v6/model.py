@@ -16,10 +16,12 @@ The trunk, head, state and call signature are RWKV-5's (v5/model.py); only the l
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import threads
 from ..linear import linear
 from ..nn import group_norm, sigmoid, token_shift
 from ..storage import as_float
@@ -29,6 +31,16 @@ from ..v5.state import ATT_X, FFN_X, WKV
 from ..v5.wkv import clamp_log_decay
 from .config import Rwkv6Config
 from .names import MIXES
+
+
+def _lora_blas(rows: int):
+    """The context the LoRA products of `rows` tokens run in: numpy's OpenBLAS on one thread for
+    a prompt (threads.blas_single_thread, where this rwkv_np has it). The products are small
+    (256 x 768 @ 768 x 160), and OpenBLAS's second thread, spinning against Numba's OpenMP
+    threads and linear.py's pool between them, made them slow: v6 0.1B shape, T = 256, 2 cores
+    (shared): 1.55 s with OpenBLAS on 2 threads, 1.08 s on 1. A token (rows 1) is left alone."""
+    single = getattr(threads, "blas_single_thread", None)
+    return single() if single is not None and rows > 1 else contextlib.nullcontext()
 
 
 @dataclass
@@ -73,12 +85,13 @@ class Layer:
         H, N = self.u.shape
         dx = (token_shift(x, state[ATT_X][:, i]) - x).reshape(B * T, C)         # x_{t-1} - x_t
         x2 = x.reshape(B * T, C)
-        m = np.tanh((x2 + dx * self.maa_x) @ self.maa_w1).reshape(B * T, 5, -1)  # ddlerp LoRA, rows w k v r g
-        offsets = np.matmul(m.transpose(1, 0, 2), self.maa_w2)                     # (5, B*T, C)
-        xw, xk, xv, xr, xg = (x2 + dx * (self.maa[j] + offsets[j]) for j in range(5))
+        with _lora_blas(B * T):
+            m = np.tanh((x2 + dx * self.maa_x) @ self.maa_w1).reshape(B * T, 5, -1)  # ddlerp LoRA, rows w k v r g
+            offsets = np.matmul(m.transpose(1, 0, 2), self.maa_w2)                     # (5, B*T, C)
+            xw, xk, xv, xr, xg = (x2 + dx * (self.maa[j] + offsets[j]) for j in range(5))
+            ww = self.time_decay + np.tanh(xw @ self.decay_w1) @ self.decay_w2        # (B*T, C)
         r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)
         g = silu(linear(xg, self.gate))
-        ww = self.time_decay + np.tanh(xw @ self.decay_w1) @ self.decay_w2        # (B*T, C)
         with np.errstate(over="ignore"):
             w_log = clamp_log_decay(-np.exp(ww))                                   # λ_t, finite
         heads = lambda z: z.reshape(B, T, H, N)  # noqa: E731
