@@ -1,5 +1,5 @@
 """Writing models: `convert` (any loadable checkpoint -> an HF-style safetensors directory) and
-`quantize` (the same with int8 matrices), both through `save_pretrained`, the one writer.
+`quantize` (the same with int8 or int4 matrices), both through `save_pretrained`, the one writer.
 
 `convert(src, out_dir)` reads anything load.py reads (a BlinkDL .pth, an HF pytorch_model.bin,
 an rwkv.cpp .bin, an HF-style directory...) and writes config.json + model.safetensors in the
@@ -20,7 +20,7 @@ from .errors import ModelFileError
 from .formats.safetensors import SCALE, write_safetensors
 from .generations import of_config
 from .load import check_tensors, load
-from .storage import Bfloat16, Int8Weight, as_float, float32_to_bf16, prepare_weight
+from .storage import EDGE_STORAGE, Bfloat16, Int4Weight, Int8Weight, as_float, float32_to_bf16, prepare_weight
 from .tokenizer import TOKENIZER_FILE
 
 
@@ -100,12 +100,16 @@ def run_convert(args) -> int:
     return 0
 
 
-def quantize(src: str | os.PathLike, out_dir: str | os.PathLike):
-    """Write `src` with every matrix int8 (per-row scales, the same numbers as loading it with
-    weights="int8"): about a quarter of the float32 file, loaded memory-mapped. rwkv_np only:
-    HF transformers cannot read it."""
+def quantize(src: str | os.PathLike, out_dir: str | os.PathLike, bits: int = 8):
+    """Write `src` with every matrix int8 (bits=8: per-row scales, the same numbers as loading it
+    with weights="int8"; about a quarter of the float32 file) or int4 (bits=4: groups of 32 with
+    float16 scales and minimums, embedding and head int8, the numbers of weights="int4"; 0.18x
+    of the float32 file for the 169M shape), loaded memory-mapped. rwkv_np only: HF transformers
+    cannot read it."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
     _, config, tensors = load(src, head=True)  # finite: a NaN would quantize to NaN row scales
-    save_pretrained(out_dir, config, tensors, "int8")
+    save_pretrained(out_dir, config, tensors, f"int{bits}")
     _copy_tokenizer(src, out_dir)
     return config
 
@@ -113,13 +117,16 @@ def quantize(src: str | os.PathLike, out_dir: str | os.PathLike):
 def add_quantize(subparsers, **parser_kwargs) -> None:
     """Register `rwkv-np quantize`; parser_kwargs as for add_convert."""
     p = subparsers.add_parser("quantize", **parser_kwargs,
-                              help="write a model with int8 matrices (a quarter of float32, loads "
-                                   "memory-mapped; rwkv_np only)",
+                              help="write a model with int8 (or int4) matrices (a quarter of float32, "
+                                   "loads memory-mapped; rwkv_np only)",
                               description="Read SRC and write DIR with every matrix quantized to int8 with "
                                           "per-row scales (the numbers `--weights int8` gives at load), about a "
-                                          "quarter of the float32 size. Only rwkv_np reads the result.")
+                                          "quarter of the float32 size; --bits 4: 4-bit groups of 32 with float16 "
+                                          "scales and minimums, embedding and head int8 (`--weights int4`). Only "
+                                          "rwkv_np reads the result.")
     p.add_argument("src", help="anything `rwkv-np convert` reads")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    p.add_argument("--bits", type=int, choices=[8, 4], default=8, help="8: int8 matrices; 4: int4 layers")
     p.set_defaults(run=run_quantize)
 
 
@@ -127,12 +134,12 @@ def run_quantize(args) -> int:
     from .files import check_writable
     check_writable(args.out, "--out", directory=True)
     try:
-        config = quantize(args.src, args.out)
+        config = quantize(args.src, args.out, args.bits)
     except OSError as e:
         raise ModelFileError(f"{args.out}: cannot write ({e.strerror or e})") from None
     size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
     print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-          f"vocab {config.vocab_size}, int8 matrices, {size / 2**20:.2f} MiB")
+          f"vocab {config.vocab_size}, int{args.bits} matrices, {size / 2**20:.2f} MiB")
     return 0
 
 
@@ -142,22 +149,31 @@ def save_pretrained(directory: str | os.PathLike, config, tensors: dict, dtype: 
 
     dtype: "float32", "float16" or "bfloat16" for every tensor; "int8" quantizes every matrix
     exactly as storage.prepare_weight does at load (I8 + float32 row scales `name + SCALE`) and
-    keeps the other tensors as they are; None keeps each tensor's own (int8 stays int8)."""
+    keeps the other tensors as they are; "int4" likewise (U8 + float16 [d, m] `name + SCALE`,
+    embedding and head int8: storage.EDGE_STORAGE); None keeps each tensor's own (int8 stays
+    int8, int4 int4)."""
     names = of_config(config).module("names")
     check_tensors(tensors, config, "save_pretrained")
     if getattr(config, "tie_word_embeddings", False):
         tensors = {n: x for n, x in tensors.items() if n != names.HEAD}
     matrices = names.matrices(config)  # (not every 2-D tensor: RWKV-7's r_k (H, N) stays float)
     out = {}
+    quantized = dtype in ("int8", "int4")
     for name, x in tensors.items():
-        if dtype == "int8" and name in matrices and not isinstance(x, Int8Weight):
-            x = prepare_weight(as_float(x, np.float32), "int8")
-        if isinstance(x, Int8Weight) and x.col_scale is None and dtype in (None, "int8"):
+        if quantized and name in matrices:
+            storage = EDGE_STORAGE.get(dtype, dtype) if name in (names.EMBEDDINGS, names.HEAD) else dtype
+            if not (isinstance(x, (Int8Weight, Int4Weight)) and x.storage == storage):
+                x = prepare_weight(as_float(x, np.float32), storage)
+        if isinstance(x, Int8Weight) and x.col_scale is None and (dtype is None or quantized):
             out[name], out[name + SCALE] = x.q, x.row_scale
+        elif isinstance(x, Int4Weight) and (dtype is None or quantized):
+            out[name], out[name + SCALE] = x.q, x.scales
         else:
-            out[name] = _encoded(x, None if dtype == "int8" else dtype)
+            out[name] = _encoded(x, None if quantized else dtype)
     metadata = {"format": "pt"}
-    if any(x.dtype == np.int8 for x in out.values()):
+    if any(x.dtype == np.uint8 for x in out.values()):
+        metadata["rwkv_np.storage"] = "int4"
+    elif any(x.dtype == np.int8 for x in out.values()):
         metadata["rwkv_np.storage"] = "int8"
     os.makedirs(directory, exist_ok=True)
     write_safetensors(os.path.join(directory, "model.safetensors"), out, metadata)
@@ -168,4 +184,4 @@ def _encoded(x, dtype: str | None) -> np.ndarray:  # -> ndarray or Bfloat16
     """A tensor as `dtype` ("float32", "float16", "bfloat16"; None: its own float type)."""
     if dtype == "bfloat16" or (dtype is None and isinstance(x, Bfloat16)):
         return x if isinstance(x, Bfloat16) else Bfloat16(float32_to_bf16(as_float(x, np.float32)))
-    return as_float(x, np.dtype(dtype or (np.float32 if isinstance(x, Int8Weight) else x.dtype)))
+    return as_float(x, np.dtype(dtype or (np.float32 if isinstance(x, (Int8Weight, Int4Weight)) else x.dtype)))

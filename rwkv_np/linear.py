@@ -69,6 +69,9 @@ def _project(W, x, y, i0, i1, buf):
         return lambda W, x, y, i0, i1, buf: _rows_pairs(W[0], x[0], x[1], y, i0, i1, buf)
     if dtype == types.int8:  # x as `activations` made it: (x, xq, sx)
         return lambda W, x, y, i0, i1, buf: _rows_int8(W[0], W[2], x, y, i0, i1, buf)
+    if dtype == types.uint8:  # int4, linear_int4.py (which imports this module, hence here)
+        from .linear_int4 import rows_int4
+        return lambda W, x, y, i0, i1, buf: rows_int4(W[0], W[2], x, y, i0, i1, buf)
 
 
 @njit(fastmath=True)
@@ -154,6 +157,10 @@ def _activations(W, x):
                 xs[0, j], xs[1, j] = x[0, 2 * j], x[0, 2 * j + 1]
             return x, xs
         return split
+    if W.types[0].dtype == types.uint8:  # int4: (x, xq, sx, xsum), linear_int4.activations_int4
+        from .linear_int4 import activations_int4
+        rounds = x.dtype == types.float32
+        return lambda W, x: activations_int4(x, rounds)
     if W.types[0].dtype != types.int8:
         return lambda W, x: x
     rounds = x.dtype == types.float32

@@ -23,7 +23,7 @@ from .formats.pth import is_torch_zip, read_torch_zip
 from .formats.rwkvcpp import is_rwkvcpp, read_records
 from .formats.safetensors import read_files, shard_files
 from .generations import Generation, by_model_type, detect, of_config
-from .storage import Bfloat16, Int8Weight
+from .storage import Bfloat16, Int4Weight, Int8Weight
 
 LOADABLE = "an HF-style model directory, .safetensors, BlinkDL .pth, pytorch_model.bin or rwkv.cpp .bin"
 
@@ -108,7 +108,7 @@ def check_tensors(tensors: dict, config, source: str, head: bool = True) -> None
         x = tensors[name]
         if tuple(x.shape) != shape:
             raise ModelFileError(f"{source}: {name} has shape {tuple(x.shape)}, the config implies {shape}")
-        if not (isinstance(x, (Bfloat16, Int8Weight)) or np.issubdtype(x.dtype, np.floating)):
+        if not (isinstance(x, (Bfloat16, Int8Weight, Int4Weight)) or np.issubdtype(x.dtype, np.floating)):
             raise ModelFileError(f"{source}: {name} has dtype {x.dtype}, expected a floating-point type")
 
 
@@ -117,7 +117,7 @@ def check_finite(tensors: dict, source: str) -> None:
 
     Scans in slices of 2**22 values so that a large memory-mapped tensor needs no big temporary."""
     for name, x in tensors.items():
-        if isinstance(x, Int8Weight):  # int8 values are finite; the reader checked the scales
+        if isinstance(x, (Int8Weight, Int4Weight)):  # finite values; the reader checked the scales
             continue
         flat = x.reshape(-1)
         for start in range(0, flat.size, 1 << 22):

@@ -5,6 +5,8 @@
   "bfloat16"             Bfloat16: the upper 16 bits of each float32, as uint16 (numpy has no
                          bfloat16); widening is a 16-bit left shift
   "int8"                 Int8Weight: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j]
+  "int4"                 Int4Weight (storage_int4.py): 4-bit values in groups of 32 along a row,
+                         a float16 scale and minimum per group; rows of other lengths stay int8
 
 The kernels of linear.py take any of them in one form, `packed(W)`: a tuple (array, kind,
 row_scale) that Numba compiles a version of per array dtype, and widen elements to float32 in
@@ -16,8 +18,9 @@ from numba import njit, types
 from numba.core.extending import intrinsic
 
 from .errors import InputError, ModelFileError
+from .storage_int4 import GROUP, Int4Weight, quantize_int4
 
-STORAGES = ("float32", "float64", "float16", "bfloat16", "int8")
+STORAGES = ("float32", "float64", "float16", "bfloat16", "int8", "int4")
 
 COMPUTE_DTYPES = ("float32", "float64")  # the precisions the models compute in
 
@@ -34,7 +37,7 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(d.name)  # native byte order
 
 
-FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind
+FLOAT, F16, BF16, I8, I4 = 0, 1, 2, 3, 4  # kind
 NO_SCALE = np.ones(0, np.float32)
 
 
@@ -70,7 +73,7 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:  # float32 (any shape) -> uint
 
 def as_float(x, dtype) -> np.ndarray:  # any stored tensor -> ndarray of `dtype`
     """A tensor as float32 or float64; float32 data asked as float32 is not copied."""
-    if isinstance(x, (Int8Weight, Bfloat16)):
+    if isinstance(x, (Int8Weight, Int4Weight, Bfloat16)):
         x = x.to_float32()
     if not np.issubdtype(x.dtype, np.floating):
         raise ModelFileError(f"tensor of dtype {x.dtype} where a floating-point weight is expected")
@@ -110,7 +113,8 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
 
     float32/float64/float16 give a contiguous ndarray; bfloat16 rounds to nearest-even (as
     torch's .to(torch.bfloat16)); int8 uses per-row scales max|W[i]|/127, and with
-    col_scales=True first divides each column by its max |W[:, j]| (helps outlier columns).
+    col_scales=True first divides each column by its max |W[:, j]| (helps outlier columns);
+    int4 is storage_int4.quantize_int4, for rows that are whole groups of 32 (else int8).
     """
     if storage not in STORAGES:
         raise InputError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
@@ -122,6 +126,8 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
     W = np.ascontiguousarray(W, dtype=np.float32)
     if storage == "bfloat16":
         return Bfloat16(float32_to_bf16(W))
+    if storage == "int4" and W.shape[1] % GROUP == 0 and not col_scales:
+        return quantize_int4(W)
     col_scale = None
     if col_scales:
         col_scale = np.abs(W).max(axis=0)
@@ -133,20 +139,33 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
     return Int8Weight(q, row_scale, col_scale)
 
 
-def storage_of(dtype, weights: str | None):
-    """The function that puts a matrix (out, in) into memory for `linear`.
+EDGE_STORAGE = {"int4": "int8"}  # the embedding and the head of an int4 model stay int8: one
+# embedding row is read per token, so 4 bits buy no speed there, and 4 bits cost most on these two
+# (demo model, KL to float32 with only that matrix int4: embedding 1.5e-3, head 1.8e-3; every
+# layer matrix at once 2.8e-3). The int8 head is 18% more bytes per 169M token (96 vs 81 MB).
+# rwkv.cpp's Q5_1 files keep both in float16.
+
+
+def storage_of(dtype, weights: str | None, edge: bool = False):
+    """The function that puts a matrix (out, in) into memory for `linear`; edge=True for the
+    embedding and the head (EDGE_STORAGE).
 
     weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16,
-    bfloat16 or int8 (`rwkv-np quantize` files; a float64 model widens 16-bit and int8 matrices to
-    float64); "float32", "float16", "bfloat16" or "int8" stores every matrix that way (16-bit and
-    int8 are widened inside linear's kernels: half / a quarter of the bytes per token; an int8
-    file asked for int8 stays mapped, asked for another storage is dequantized first)."""
+    bfloat16, int8 or int4 (`rwkv-np quantize` files; a float64 model widens 16-bit and quantized
+    matrices to float64); "float32", "float16", "bfloat16", "int8" or "int4" stores every matrix
+    that way (16-bit and quantized ones are widened inside linear's kernels: half / a quarter /
+    about a sixth of the bytes per token; a quantized file asked for its own storage stays
+    mapped, asked for another is dequantized first)."""
     if weights is not None and weights not in STORAGES:
         raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
+    if edge:
+        weights = EDGE_STORAGE.get(weights, weights)
 
     def store(x):
-        if isinstance(x, Int8Weight):
-            if weights == "int8" or (weights is None and dtype == np.float32):
+        if isinstance(x, (Int8Weight, Int4Weight)):
+            if weights == x.storage or (weights is None and dtype == np.float32):
+                return x
+            if weights == "int4" and x.shape[1] % GROUP:  # int4's int8 rows
                 return x
             x = x.to_float32()
         if weights is None and dtype == np.float32 and (x.dtype == np.float16 or isinstance(x, Bfloat16)):
@@ -166,7 +185,7 @@ def storage_of(dtype, weights: str | None):
 
 def dequantize(W) -> np.ndarray:  # -> (out, in) float ndarray: the matrix `linear` multiplies by
     """The float matrix a stored weight stands for (float32 unless W is a float64 ndarray)."""
-    if isinstance(W, (Bfloat16, Int8Weight)):
+    if isinstance(W, (Bfloat16, Int8Weight, Int4Weight)):
         return W.to_float32()
     return W if W.dtype == np.float64 else W.astype(np.float32)
 
@@ -180,6 +199,9 @@ def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_sca
         return A[r0:r1].view(np.float16).astype(np.float32)
     if kind == BF16:
         return (A[r0:r1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if kind == I4:  # scale: (out, in/32, 2) float16 bits [d, m]
+        from .linear_int4 import widen_rows  # (linear_int4 imports this module)
+        return widen_rows(A, scale, r0, r1)
     return A[r0:r1].astype(np.float32) * scale[r0:r1, None]
 
 
@@ -194,6 +216,8 @@ def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
         return (bits.view(np.uint32) if W.shape[1] % 2 == 0 else bits, BF16, NO_SCALE), None
     if isinstance(W, Int8Weight):
         return (W.q, I8, W.row_scale), W.col_scale
+    if isinstance(W, Int4Weight):  # (q, I4, [d, m] bits)
+        return W.packed(), None
     raise InputError(f"linear: unsupported weight {type(W).__name__} "
                      f"{getattr(W, 'dtype', '')}; use prepare_weight")
 
@@ -210,6 +234,9 @@ def embedding_rows(E, ids, dtype=np.float32) -> np.ndarray:  # E stored (V, H), 
     if isinstance(E, Int8Weight):
         rows = E.q[ids].astype(dtype) * E.row_scale[ids, None]
         return rows if E.col_scale is None else rows * E.col_scale
+    if isinstance(E, Int4Weight):
+        return np.concatenate([E.rows(i, i + 1) for i in ids.reshape(-1)] or [np.empty((0, E.shape[1]))]
+                              ).reshape(*ids.shape, E.shape[1]).astype(dtype, copy=False)
     return np.asarray(E[ids], dtype=dtype)
 
 

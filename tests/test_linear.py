@@ -271,7 +271,7 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(InputError, match="does not fit"):
         linear(np.ones(3, np.float32), W)
     with pytest.raises(InputError, match="storage"):
-        prepare_weight(np.ones((4, 3)), "int4")
+        prepare_weight(np.ones((4, 3)), "int3")
     with pytest.raises(InputError, match="2-D float"):
         prepare_weight(np.ones(3), "float32")
     with pytest.raises(InputError, match="unsupported weight"):

@@ -1,6 +1,8 @@
 """Quality of each weight storage against float32, on real text with the demo model (issue 7).
 
     python tools/quality.py [--text FILE] [--windows N] [--json]
+    python tools/quality.py --shape 169m --rwkvcpp DIR   # a random 169M model, with rwkv.cpp's
+                                                         # Q5_1 and Q8_0 of the same weights
 
 Text: by default the held-out part of tinyshakespeare, the last 10% of
 REPO/../shared/data/tinyshakespeare.txt (never trained on); --text takes any file. The demo
@@ -14,11 +16,21 @@ float16, bfloat16 and int8 storage against float32 storage. The demo model is F1
 order of accumulation, not from the weights. bfloat16 keeps 8 significant bits of each weight
 (F16 has 11); int8 keeps 255 levels per row (scale max|W[i]| / 127). A last row, "int8 decode",
 runs the first two windows token by token (B = 1), where int8 also rounds the activations to
-int16 (linear.activations), against float32 decoded the same way.
+int16 (linear.activations), against float32 decoded the same way; "int4" and "int4 decode" the
+same for 4-bit groups of 32 (storage_int4.py: embedding and head int8).
+
+--shape 169m measures a random model of that shape (tools/bench.py's weights) instead, on the
+text's GPT-NeoX tokens (--model DIR: any HF directory, its tokenizer). With --rwkvcpp DIR (a
+tree built by build_rwkvcpp.sh, see tools/peer_rwkvcpp.py; needs torch for its converter) the
+same weights also go through rwkv.cpp's converter and quantizer (FP16, then Q5_1 and Q8_0, as
+its README does), and each quantized file is read back dequantized by rwkv_np's own reader
+(rwkv_np.load.read) and run by rwkv_np in float32: rows "rwkv.cpp Q5_1" / "Q8_0", the error of
+their weights alone (rwkv.cpp also rounds activations to 8 bits inside its products).
 """
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +42,8 @@ from rwkv_np import RwkvForCausalLM  # noqa: E402
 from rwkv_np.compare import logit_agreement  # noqa: E402
 
 TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-STORAGES = ("float16", "bfloat16", "int8")  # each compared with weights="float32"
+STORAGES = ("float16", "bfloat16", "int8", "int4")  # each compared with weights="float32"
+DECODED = ("int8", "int4")  # storages whose B = 1 steps round x to int16 too: a decode row each
 WINDOW = 512
 
 
@@ -39,17 +52,17 @@ def held_out(text: bytes) -> bytes:
     return text[int(0.9 * len(text)):]
 
 
-def windows(text: bytes, n: int = 4, T: int = WINDOW) -> np.ndarray:  # -> (n, T) int64 byte ids
-    """n windows of T bytes evenly spaced through the text, not overlapping (fewer, or one
-    shorter window, when the text is too short)."""
-    ids = np.frombuffer(text, np.uint8).astype(np.int64)
+def windows(text, n: int = 4, T: int = WINDOW) -> np.ndarray:  # bytes or ids -> (n, T) int64 ids
+    """n windows of T bytes (or token ids) evenly spaced through the text, not overlapping
+    (fewer, or one shorter window, when the text is too short)."""
+    ids = np.frombuffer(text, np.uint8).astype(np.int64) if isinstance(text, bytes) else np.asarray(text, np.int64)
     T = min(T, len(ids))
     n = max(1, min(n, len(ids) // T))
     starts = np.linspace(0, len(ids) - T, n).astype(np.int64)
     return np.stack([ids[s:s + T] for s in starts])
 
 
-def measure(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
+def measure(ids: np.ndarray, model=rwkv_np.DEMO_MODEL, rwkvcpp=None) -> list[dict]:
     """One row per storage: logit_agreement of its logits with its reference on ids (B, T)."""
     logits = lambda **kw: RwkvForCausalLM.from_pretrained(model, **kw)(ids).logits
     ref = logits(weights="float32")
@@ -57,12 +70,36 @@ def measure(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
     for storage in STORAGES:
         rows.append({"storage": storage, "reference": "float32",
                      **logit_agreement(ref, logits(weights=storage))})
-    # Decoding one sequence (B = 1, a token per call) rounds x to int16 before each int8 product
-    # (linear.activations), which a prompt does not: its own row, on the first 1,024 positions.
+    for name, got in rwkvcpp_logits(model, ids, rwkvcpp) if rwkvcpp else ():
+        rows.append({"storage": f"rwkv.cpp {name}", "reference": "float32", **logit_agreement(ref, got)})
+    # Decoding one sequence (B = 1, a token per call) rounds x to int16 before each int8 or int4
+    # product (linear.activations), which a prompt does not: rows of their own, on two windows.
     steps = lambda **kw: token_by_token(RwkvForCausalLM.from_pretrained(model, **kw), ids[:2])
-    rows.append({"storage": "int8 decode", "reference": "float32 decode",
-                 **logit_agreement(steps(weights="float32"), steps(weights="int8"))})
+    ref_steps = steps(weights="float32")
+    for storage in DECODED:
+        rows.append({"storage": f"{storage} decode", "reference": "float32 decode",
+                     **logit_agreement(ref_steps, steps(weights=storage))})
     return rows
+
+
+def rwkvcpp_logits(model, ids, tree, formats=("Q5_1", "Q8_0")):  # -> [(format, logits (B, T, V))]
+    """rwkv.cpp's quantized files of `model`'s weights, read back by rwkv_np.load.read (dequantized
+    to float32) and run by rwkv_np."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from bench import write_pth
+    from peer_rwkvcpp import locate, make_files
+    from rwkv_np.load import read
+    tree = locate(tree)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model"
+        src.mkdir()
+        for f in Path(model).iterdir():  # the model's files beside a .pth, not inside the model dir
+            (src / f.name).symlink_to(f.resolve())
+        for name, directory in make_files(write_pth(str(src)), tree, tmp, formats).items():
+            _, config, tensors = read(Path(directory) / "model.bin")
+            out.append((name, RwkvForCausalLM(config, tensors)(ids).logits))
+    return out
 
 
 def token_by_token(model, ids: np.ndarray) -> np.ndarray:  # ids (n, T) -> logits (n, T, V)
@@ -93,6 +130,11 @@ def main(argv=None) -> int:
                    f"(default: the last 10%% of {TINYSHAKESPEARE})")
     p.add_argument("--windows", type=int, default=4, help=f"windows of {WINDOW} bytes (default 4)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON, not a table")
+    p.add_argument("--shape", choices=["169m", "430m", "1b5"], help="a random model of this shape "
+                   "(tools/bench.py's weights) instead of the demo model, on the text's GPT-NeoX tokens")
+    p.add_argument("--model", type=Path, help="an HF model directory instead of the demo model (its tokenizer)")
+    p.add_argument("--rwkvcpp", metavar="DIR", help="also rwkv.cpp's Q5_1 and Q8_0 of the same weights "
+                   "(a tree built by build_rwkvcpp.sh; needs torch)")
     args = p.parse_args(argv)
     path = args.text or TINYSHAKESPEARE
     if not path.is_file():
@@ -104,15 +146,27 @@ def main(argv=None) -> int:
     if len(text) < 2 or args.windows < 1:
         print("quality: need a text of 2 bytes or more and --windows >= 1", file=sys.stderr)
         return 2
-    ids = windows(text, args.windows)
-    rows = measure(ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or rwkv_np.DEMO_MODEL
+        if args.shape:
+            sys.path.insert(0, str(REPO / "tools"))
+            from bench import random_model_dir
+            model = tmp
+            random_model_dir(args.shape, tmp)
+        if model != rwkv_np.DEMO_MODEL:  # tokens, not bytes
+            from rwkv_np.tokenizer import Tokenizer
+            text = Tokenizer.from_pretrained(model).encode(text.decode("utf-8", errors="replace"))
+        ids = windows(text, args.windows)
+        rows = measure(ids, model, args.rwkvcpp)
     source = str(path) if args.text else f"held-out tinyshakespeare (last 10% of {path})"
+    name = f"random {args.shape} model" if args.shape else str(args.model or "demo model")
     if args.json:
-        print(json.dumps({"text": source, "windows": ids.shape[0], "window_bytes": ids.shape[1],
+        print(json.dumps({"model": name, "text": source, "windows": ids.shape[0], "window": ids.shape[1],
                           "rows": rows}, indent=1))
     else:
-        print(f"demo model, {source}: {ids.shape[0]} windows x {ids.shape[1]} bytes "
-              f"= {ids.size:,} positions, each window from an empty state\n")
+        print(f"{name}, {source}: {ids.shape[0]} windows x {ids.shape[1]} "
+              f"{'bytes' if model == rwkv_np.DEMO_MODEL else 'tokens'} = {ids.size:,} positions, "
+              f"each window from an empty state\n")
         print(table(rows))
     return 0
 

@@ -7,9 +7,16 @@ safetensors package's NumPy API copies every tensor into memory and cannot repre
 (here: storage.Bfloat16, uint16 bits). Names are returned as they are in the file; what they
 mean is the business of a generation's names.py.
 
-rwkv_np's int8 files (`rwkv-np quantize`) hold each matrix as an I8 tensor `name` plus its
-float32 row scales `name + SCALE` (W[i, j] ~= q[i, j] * scale[i]); `read_files` pairs them into
-a storage.Int8Weight of two views of the map.
+rwkv_np's quantized files (`rwkv-np quantize`) hold each quantized matrix as two tensors,
+which `read_files` pairs into one storage object of two views of the map:
+  int8 (--bits 8)  `name` I8 (out, in) and `name + SCALE` F32 (out,) row scales:
+                   W[i, j] ~= q[i, j] * scale[i]                              -> Int8Weight
+  int4 (--bits 4)  `name` U8 (out, in/2), two 4-bit values a byte, and `name + SCALE` F16
+                   (out, in/32, 2), each group's [d, m]: W[i, 32 g + j] ~= d q + m with q the
+                   low nibble of byte 16 g + j for j < 16, the high nibble of byte 16 g + j - 16
+                   after (storage_int4.py)                                   -> Int4Weight
+An int4 file keeps its embedding and head (and any matrix whose rows are not whole groups of 32)
+int8. The metadata says "rwkv_np.storage": "int8" or "int4".
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..storage import Bfloat16, Int8Weight
+from ..storage_int4 import GROUP, Int4Weight
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I8": np.int8, "U8": np.uint8}
@@ -100,11 +108,14 @@ def read_files(files: list[str]) -> dict[str, np.ndarray]:
             if name in tensors:
                 raise ModelFileError(f"{file}: tensor {name} appears in more than one shard")
             tensors[name], where[name] = x, file
-    return _int8_matrices(tensors, where)
+    return _quantized_matrices(tensors, where)
 
 
-def _int8_matrices(tensors: dict, where: dict) -> dict:
-    """Each I8 tensor and its row scales -> one Int8Weight of the same (uncopied) views."""
+def _quantized_matrices(tensors: dict, where: dict) -> dict:
+    """Each I8 (U8) tensor and its scales -> one Int8Weight (Int4Weight) of the same (uncopied)
+    views."""
+    for name in [n for n, x in tensors.items() if x.dtype == np.uint8]:
+        tensors[name] = _int4(name, tensors[name], tensors.pop(name + SCALE, None), where)
     for name in [n for n, x in tensors.items() if x.dtype == np.int8]:
         q, s, file = tensors[name], tensors.pop(name + SCALE, None), where[name]
         if q.ndim != 2:
@@ -123,8 +134,28 @@ def _int8_matrices(tensors: dict, where: dict) -> dict:
         tensors[name] = Int8Weight(q, s)
     for name in (n for n in tensors if n.endswith(SCALE)):
         raise ModelFileError(f"{where[name]}: tensor {name} looks like row scales, "
-                             f"but {name[:-len(SCALE)]} is not I8")
+                             f"but {name[:-len(SCALE)]} is not I8 or U8")
     return tensors
+
+
+def _int4(name, q, dm, where) -> Int4Weight:  # U8 values and their F16 [d, m] -> Int4Weight
+    file = where[name]
+    if q.ndim != 2 or q.shape[1] % (GROUP // 2):
+        raise ModelFileError(f"{file}: tensor {name} is U8 with shape {q.shape}; only int4 matrices (out, in/2) "
+                             f"with in a multiple of {GROUP} may be U8")
+    want = (q.shape[0], 2 * q.shape[1] // GROUP, 2)
+    if dm is None:
+        raise ModelFileError(f"{file}: int4 tensor {name} has no scales {name + SCALE}")
+    if dm.dtype != np.float16 or dm.shape != want:
+        got = "bfloat16" if isinstance(dm, Bfloat16) else dm.dtype
+        raise ModelFileError(f"{where[name + SCALE]}: scales {name + SCALE} are {got} {dm.shape}, "
+                             f"expected float16 {want} (each group's scale and minimum)")
+    bad = np.flatnonzero(~np.isfinite(dm) | (dm[..., :1] < 0).repeat(2, -1))
+    if bad.size:
+        g, k = divmod(int(bad[0]), 2)
+        raise ModelFileError(f"{where[name + SCALE]}: {('scale', 'minimum')[k]} of group {g} of {name} is "
+                             f"{dm.reshape(-1)[bad[0]]}; scales must be finite and >= 0, minimums finite")
+    return Int4Weight(q, dm)
 
 
 def shard_files(index: str) -> list[str]:  # a model.safetensors.index.json -> its shard files
