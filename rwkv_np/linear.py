@@ -30,6 +30,9 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
 from .errors import InputError
+from .dot_rows import dot_rows
+from .linear_int4 import activations_int4, rows_int4, widen_rows
+from .storage_int4 import I4
 from .threads import blas_single_thread
 from .storage import (F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed,
                       rows_as_float)
@@ -69,8 +72,7 @@ def _project(W, x, y, i0, i1, buf):
         return lambda W, x, y, i0, i1, buf: _rows_pairs(W[0], x[0], x[1], y, i0, i1, buf)
     if dtype == types.int8:  # x as `activations` made it: (x, xq, sx)
         return lambda W, x, y, i0, i1, buf: _rows_int8(W[0], W[2], x, y, i0, i1, buf)
-    if dtype == types.uint8:  # int4, linear_int4.py (which imports this module, hence here)
-        from .linear_int4 import rows_int4
+    if dtype == types.uint8:  # int4: linear_int4.py
         return lambda W, x, y, i0, i1, buf: rows_int4(W[0], W[2], x, y, i0, i1, buf)
 
 
@@ -80,7 +82,7 @@ def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
         _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
     else:  # no widening: the rows are used where they are
         for i in range(i0, i1):
-            _dot_rows(A[i], x, y, i)
+            dot_rows(A[i], x, y, i)
 
 
 @njit(fastmath=True)
@@ -98,7 +100,7 @@ def _rows_pairs(A, x, xs, y, i0, i1, buf):  # A (out, in/2) uint32: bfloat16 in 
         for i in range(i0, i1):
             for j in range(A.shape[1]):
                 buf[2 * j], buf[2 * j + 1] = _bf16_lo(A[i, j]), _bf16_hi(A[i, j])
-            _dot_rows(buf, x, y, i)
+            dot_rows(buf, x, y, i)
         return
     for i in range(i0, i1):
         acc = np.float32(0.0)
@@ -158,7 +160,6 @@ def _activations(W, x):
             return x, xs
         return split
     if W.types[0].dtype == types.uint8:  # int4: (x, xq, sx, xsum), linear_int4.activations_int4
-        from .linear_int4 import activations_int4
         rounds = x.dtype == types.float32
         return lambda W, x: activations_int4(x, rounds)
     if W.types[0].dtype != types.int8:
@@ -231,46 +232,7 @@ def _packed_rows(A, widen, x, y, i0, i1, buf):  # A (out, in) packed, x (N, in),
     for i in range(i0, i1):  # N > 1: widen a row once, use it for every row of x
         for j in range(A.shape[1]):
             buf[j] = widen(A[i, j])
-        _dot_rows(buf, x, y, i)
-
-
-@njit(fastmath=True)  # a call, not inlined: inlined at its five call sites it cost ~18 s of
-def _dot_rows(w, x, y, i):  # the first run's compile, for the same speed (measured)
-    """y[:, i] = x @ w for w (in,) weight row i, x (N, in), y (N, out). Eight rows of x per pass,
-    so each load of w[j] feeds eight multiply-adds (measured ~15% faster than four rows, or two
-    weight rows by four), then four, then one at a time."""
-    n, N = 0, x.shape[0]
-    while n + 8 <= N:
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-        for j in range(w.shape[0]):
-            p = w[j]
-            a0 += p * x[n, j]
-            a1 += p * x[n + 1, j]
-            a2 += p * x[n + 2, j]
-            a3 += p * x[n + 3, j]
-            a4 += p * x[n + 4, j]
-            a5 += p * x[n + 5, j]
-            a6 += p * x[n + 6, j]
-            a7 += p * x[n + 7, j]
-        y[n, i], y[n + 1, i], y[n + 2, i], y[n + 3, i] = a0, a1, a2, a3
-        y[n + 4, i], y[n + 5, i], y[n + 6, i], y[n + 7, i] = a4, a5, a6, a7
-        n += 8
-    while n + 4 <= N:
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for j in range(w.shape[0]):
-            p = w[j]
-            a0 += p * x[n, j]
-            a1 += p * x[n + 1, j]
-            a2 += p * x[n + 2, j]
-            a3 += p * x[n + 3, j]
-        y[n, i], y[n + 1, i], y[n + 2, i], y[n + 3, i] = a0, a1, a2, a3
-        n += 4
-    while n < N:
-        acc = np.float32(0.0)
-        for j in range(w.shape[0]):
-            acc += w[j] * x[n, j]
-        y[n, i] = acc
-        n += 1
+        dot_rows(buf, x, y, i)
 
 
 @njit(cache=True, inline="always")
@@ -313,7 +275,8 @@ def _gemm(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> (
     def block(r0):  # rows r0 : r0 + rows of W -> columns of y
         for s0 in range(r0, min(out, r0 + rows), step):
             s1 = min(out, r0 + rows, s0 + step)
-            np.matmul(x, rows_as_float(W, s0, s1).T, out=y[:, s0:s1])
+            part = widen_rows(W[0], W[2], s0, s1) if W[1] == I4 else rows_as_float(W, s0, s1)
+            np.matmul(x, part.T, out=y[:, s0:s1])
 
     with blas_single_thread():
         if out <= rows:

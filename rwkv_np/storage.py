@@ -37,7 +37,7 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(d.name)  # native byte order
 
 
-FLOAT, F16, BF16, I8, I4 = 0, 1, 2, 3, 4  # kind
+FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind (I4 = 4: storage_int4.py)
 NO_SCALE = np.ones(0, np.float32)
 
 
@@ -191,7 +191,8 @@ def dequantize(W) -> np.ndarray:  # -> (out, in) float ndarray: the matrix `line
 
 
 def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_scale) -> (r1-r0, in)
-    """Rows r0:r1 of a stored weight as the float32 (or float64) matrix they stand for."""
+    """Rows r0:r1 of a stored weight as the float32 (or float64) matrix they stand for (int4:
+    linear_int4.widen_rows)."""
     A, kind, scale = W
     if kind == FLOAT:
         return A[r0:r1]
@@ -199,9 +200,6 @@ def rows_as_float(W, r0: int, r1: int) -> np.ndarray:  # W (array, kind, row_sca
         return A[r0:r1].view(np.float16).astype(np.float32)
     if kind == BF16:
         return (A[r0:r1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    if kind == I4:  # scale: (out, in/32, 2) float16 bits [d, m]
-        from .linear_int4 import widen_rows  # (linear_int4 imports this module)
-        return widen_rows(A, scale, r0, r1)
     return A[r0:r1].astype(np.float32) * scale[r0:r1, None]
 
 

@@ -28,6 +28,8 @@ import numpy as np
 
 from .errors import InputError
 
+I4 = 4  # storage.packed's kind number of an int4 matrix (storage.py lists the others)
+
 GROUP = 32  # values per scale; the kernels load a group's 16 bytes as one vector
 _SHRINK = (0.0, 0.04, 0.08, 0.12)  # fractions of a group's range cut from its low / high end
 _REFITS = 3  # rounds of refitting the best pair
@@ -51,7 +53,6 @@ class Int4Weight:
         self.nbytes = self.q.nbytes + self.scales.nbytes
 
     def packed(self) -> tuple:  # -> linear's (array, kind, row_scale) form: float16 as uint16 bits
-        from .storage import I4
         return self.q, I4, self.scales.view(np.uint16)
 
     def rows(self, r0: int, r1: int) -> np.ndarray:  # -> (r1 - r0, in) float32, rows r0:r1
