@@ -13,6 +13,9 @@ Measured (held-out / README.md):
   int8      float32  1.0e-2 / 2.2e-2   0.9961 / 0.9941  6.1e-5  / 2.0e-4   1.3e-3  / 3.7e-2
   int8 decode (B = 1, token by token, 1,024 positions; x rounded to int16 before each product)
                      9.6e-3 / 1.9e-2   0.9961 / 0.9922  6.0e-5  / 2.0e-4   1.2e-3  / 1.8e-2
+  int4      float32  8.2e-2 / 0.21     0.9697 / 0.9385  3.0e-3  / 1.5e-2   0.12    / 1.3
+  int4 decode (x rounded to int8 per group of 32 with AVX512-VNNI, else int16)
+                     8.0e-2 / 0.19     0.9668 / 0.9404  2.9e-3  / 1.2e-2   0.11    / 0.52
 
 float16 is exact because the demo model is F16 on disk: both storages multiply by the same
 values (only the order of accumulation could differ), so it is held to float32's own floor.
@@ -33,11 +36,15 @@ BOUNDS = {
     "held-out tinyshakespeare": {"float32": FLOOR, "float16": FLOOR,
                                  "bfloat16": (1e-2, 0.995, 1.2e-5, 1e-3),
                                  "int8": (3e-2, 0.99, 1.5e-4, 1e-2),
-                                 "int8 decode": (3e-2, 0.99, 1.5e-4, 1e-2)},
+                                 "int8 decode": (3e-2, 0.99, 1.5e-4, 1e-2),
+                                 "int4": (0.25, 0.93, 7.5e-3, 0.6),
+                                 "int4 decode": (0.25, 0.93, 7.5e-3, 0.6)},
     "README.md": {"float32": FLOOR, "float16": FLOOR,
                   "bfloat16": (1e-2, 0.995, 3e-5, 4e-3),
                   "int8": (6e-2, 0.985, 5e-4, 0.15),
-                  "int8 decode": (6e-2, 0.985, 5e-4, 0.15)},
+                  "int8 decode": (6e-2, 0.985, 5e-4, 0.15),
+                  "int4": (0.6, 0.88, 3.7e-2, 6.0),
+                  "int4 decode": (0.6, 0.88, 3e-2, 3.0)},
 }
 
 
@@ -60,7 +67,7 @@ def measured() -> tuple[str, dict]:
     return name, {row["storage"]: row for row in tool.measure(tool.windows(text, 4))}
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8", "int8 decode"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8", "int8 decode", "int4", "int4 decode"])
 def test_storage_keeps_the_float32_predictions(measured, storage):
     text, rows = measured
     row = rows[storage]
