@@ -82,6 +82,8 @@ def _wkv7_kernel_parallel(r, w_log, k, v, a, b, state, y):  # _wkv7_kernel with 
 # more run-time overlap checks than LLVM emits, and ran scalar (9.6 ms for the 512 tokens). A single
 # token pays ~2.4 us per head for the transposed copy in and out; fine beside the projections.
 # Waking the second core costs ~70 us when the machine is busy, so small calls stay on one core.
+# The decays go through exp.py's exp_nonpositive (np.exp compiled to a scalar expf call per
+# element): 256 tokens x 12 heads on one core 4.2-4.9 -> 3.2-4.0 ms (2-core Zen 4 VM, loaded).
 #
 # No chunked (matrix-product) kernel: per token and head it needs ~20k multiply-adds at N = 64 and
 # chunk 16 (pairwise weights 4 n N, the S_0 products 2 N^2, the state update 2 N^2, the triangular
