@@ -30,12 +30,12 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
-from .errors import InputError
 from .dot_rows import dot_rows
+from .errors import InputError
 from .linear_int4 import activations_int4, rows_int4, widen_rows
+from .storage import F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
 from .storage_int4 import I4
 from .threads import blas_single_thread
-from .storage import F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS

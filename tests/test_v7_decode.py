@@ -33,7 +33,7 @@ def random_params(config: Rwkv7Config, seed=0) -> dict:
     for name, shape in names.expected_shapes(config).items():
         if ".x_" in name or name.endswith(("attn.k_k", "ffn.x_k")):
             x = rng.uniform(0, 1, shape)
-        elif name.endswith("norm.weight") or name.endswith("attn.k_a"):
+        elif name.endswith(("norm.weight", "attn.k_a")):
             x = rng.uniform(0.7, 1.3, shape)
         elif name.endswith("w_lora.lora.2.bias"):
             x = rng.uniform(-6, 2, shape)                   # decays spread over (0.59, 0.9985)

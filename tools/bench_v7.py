@@ -34,9 +34,10 @@ def is_v7(directory) -> bool:
 def random_v7_dir(shape: str, directory: str) -> None:
     """Write an HF-layout RWKV-7 model of a published shape with random float32 weights."""
     from make_v7_fixtures import Fixture, draw
+
     from rwkv_np.convert import save_pretrained
     from rwkv_np.v7 import names
-    L, C, H, N, V, F, ranks = V7_SHAPES[shape]
+    L, _, H, N, V, F, ranks = V7_SHAPES[shape]
     fx = Fixture(shape, 0, heads=H, head_size=N, layers=L, vocab=V, ffn=F, ranks=ranks, disk_dtype="float32")
     blink = {k: v.astype(np.float32) for k, v in draw(fx, np.random.default_rng(0)).items()}
     tensors = {k: np.ascontiguousarray(v) for k, v in names.from_blinkdl(blink).items()}
@@ -63,6 +64,7 @@ def write_v7_pth(directory) -> str:
     path = os.path.join(directory, "model.pth")
     if not os.path.exists(path):
         import torch
+
         from rwkv_np.load import read
         from rwkv_np.storage import as_float
         from rwkv_np.v7 import names

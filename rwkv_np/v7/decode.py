@@ -31,9 +31,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..exp import exp_nonpositive, sigmoid
 from ..linear import PARALLEL_MIN_WEIGHTS, activations, project
 from ..storage import packed
-from ..exp import exp_nonpositive, sigmoid
 from .kernels import dot8, head_outputs, norm_and_mix, row_inputs
 from .reference import DECAY_SCALE
 
@@ -225,16 +225,16 @@ def token_layer(lay, first: bool):
             return None
     if lay.v_lora is None:
         matrices["v_down"], matrices["v_up"] = _absent(matrices["a_down"]), _absent(matrices["a_up"])
-    f32 = lambda a: np.array(a, np.float32, order="C")  # noqa: E731  (copies: one Numba type per layer)
+    f32 = lambda a: np.array(a, np.float32, order="C")  # copies: one Numba type for every layer
     C = lay.mix.shape[1]
-    vectors = dict(
-        attn_norm_weight=f32(lay.attn_norm[0]), attn_norm_bias=f32(lay.attn_norm[1]), mix=f32(lay.mix),
-        w_bias=f32(lay.w_lora[2]), a_bias=f32(lay.a_lora[2]),
-        v_bias=f32(lay.v_lora[2]) if lay.v_lora is not None else np.zeros(C, np.float32),
-        k_k=f32(lay.k_k), k_a=f32(lay.k_a), r_k=f32(lay.r_k),
-        g_norm_weight=f32(lay.g_norm[0]), g_norm_bias=f32(lay.g_norm[1]),
-        ffn_norm_weight=f32(lay.ffn_norm[0]), ffn_norm_bias=f32(lay.ffn_norm[1]),
-        ffn_mix=f32(lay.ffn_x_k.reshape(1, C)))
+    vectors = {
+        "attn_norm_weight": f32(lay.attn_norm[0]), "attn_norm_bias": f32(lay.attn_norm[1]), "mix": f32(lay.mix),
+        "w_bias": f32(lay.w_lora[2]), "a_bias": f32(lay.a_lora[2]),
+        "v_bias": f32(lay.v_lora[2]) if lay.v_lora is not None else np.zeros(C, np.float32),
+        "k_k": f32(lay.k_k), "k_a": f32(lay.k_a), "r_k": f32(lay.r_k),
+        "g_norm_weight": f32(lay.g_norm[0]), "g_norm_bias": f32(lay.g_norm[1]),
+        "ffn_norm_weight": f32(lay.ffn_norm[0]), "ffn_norm_bias": f32(lay.ffn_norm[1]),
+        "ffn_mix": f32(lay.ffn_x_k.reshape(1, C))}
     F = lay.ffn_key.shape[0]
     step = _layer_parallel if F * C >= PARALLEL_MIN_WEIGHTS else _layer
     return step, TokenLayer(**vectors, **matrices, first=bool(first))

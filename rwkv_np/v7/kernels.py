@@ -260,7 +260,7 @@ def wkv7_inputs(first, k, v, v_first, zw, za, zv, p, neg_decay, heads):
 @numba.njit(cache=True, error_model="numpy")
 def wkv7_outputs(y, r, kt, vt, g, r_k, gn_weight, gn_bias, gn_eps):  # (rows, C) x 5 -> o (rows, C)
     """head_outputs over every row and head (the prompt path)."""
-    rows, C = y.shape
+    rows = y.shape[0]
     H, N = r_k.shape
     o = np.empty_like(y)
     for n in range(rows):

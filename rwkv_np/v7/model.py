@@ -33,7 +33,6 @@ from .reference import DECAY_SCALE
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
 
-
 @dataclass
 class Rwkv7Output:
     last_hidden_state: np.ndarray            # (B, T, C) after the final norm
