@@ -2,9 +2,14 @@
 logit error, top-1 agreement and KL(float32 || storage), measured by tools/quality.py on
 4 windows x 512 bytes = 2,048 positions of real text, each from an empty state.
 
-Text: held-out tinyshakespeare when ../shared/data has it, else this repo's README.md (always
-present, so the test runs on CI too; further from the training text, so errors are larger).
-Measured (held-out / README.md):
+Text: held-out tinyshakespeare when ../shared/data has it, else the Apache-2.0 license text shipped
+in rwkv_np/assets/rwkv-world/LICENSE (always present and never edited, so the test runs on CI too;
+further from the training text, so errors are larger). It used README.md before, whose every edit
+moved the figures: a README change took bfloat16's top-1 to 0.99463, under its 0.995 bound.
+Measured on the license text: bfloat16 4.7e-3 / 0.9995 / 9.5e-6 / 1.3e-3, int8 1.8e-2 / 0.9956 /
+1.3e-4 / 8.8e-3, int8 decode 1.8e-2 / 0.9971 / 1.5e-4 / 8.8e-3, int4 0.27 / 0.956 / 8.3e-3 / 0.77,
+int4 decode 0.26 / 0.958 / 8.1e-3 / 0.73; float32 and float16 as below.
+Measured (held-out / README.md, earlier):
 
   storage   vs       max rel err       top-1            mean KL            max KL
   float32   float64  1.5e-6 / 2.1e-6   1      / 1       1.0e-12 / 1.4e-12  1.4e-10 / 1.0e-10
@@ -39,12 +44,12 @@ BOUNDS = {
                                  "int8 decode": (3e-2, 0.99, 1.5e-4, 1e-2),
                                  "int4": (0.25, 0.93, 7.5e-3, 0.6),
                                  "int4 decode": (0.25, 0.93, 7.5e-3, 0.6)},
-    "README.md": {"float32": FLOOR, "float16": FLOOR,
-                  "bfloat16": (1e-2, 0.995, 3e-5, 4e-3),
-                  "int8": (6e-2, 0.985, 5e-4, 0.15),
-                  "int8 decode": (6e-2, 0.985, 5e-4, 0.15),
-                  "int4": (0.6, 0.88, 3.7e-2, 6.0),
-                  "int4 decode": (0.6, 0.88, 3e-2, 3.0)},
+    "license text": {"float32": FLOOR, "float16": FLOOR,  # mean KL at 2.5x, the rest 4-10x
+                     "bfloat16": (2e-2, 0.995, 2.4e-5, 1e-2),
+                     "int8": (6e-2, 0.985, 3.3e-4, 0.05),
+                     "int8 decode": (6e-2, 0.985, 3.7e-4, 0.05),
+                     "int4": (0.8, 0.88, 2.1e-2, 4.0),
+                     "int4 decode": (0.8, 0.88, 2.0e-2, 4.0)},
 }
 
 
@@ -63,7 +68,7 @@ def measured() -> tuple[str, dict]:
     if tinyshakespeare.is_file():
         name, text = "held-out tinyshakespeare", tool.held_out(tinyshakespeare.read_bytes())
     else:
-        name, text = "README.md", (REPO / "README.md").read_bytes()
+        name, text = "license text", (REPO / "rwkv_np" / "assets" / "rwkv-world" / "LICENSE").read_bytes()
     return name, {row["storage"]: row for row in tool.measure(tool.windows(text, 4))}
 
 
