@@ -18,7 +18,6 @@ from numba import njit, types
 from numba.core.extending import intrinsic
 
 from .errors import InputError, ModelFileError
-from .resident import resident
 from .storage_int4 import GROUP, Int4Weight, quantize_int4
 
 STORAGES = ("float32", "float64", "float16", "bfloat16", "int8", "int4")
@@ -147,10 +146,9 @@ EDGE_STORAGE = {"int4": "int8"}  # the embedding and the head of an int4 model s
 # rwkv.cpp's Q5_1 files keep both in float16.
 
 
-def storage_of(dtype, weights: str | None, role: str | None = None):
-    """The function that puts a matrix (out, in) into memory for `linear`; role "embedding" or
-    "head" for those two (EDGE_STORAGE). float32 matrices other than the embedding are copied off
-    the file's mapping (resident.py: decode streams them faster from 2 MB pages).
+def storage_of(dtype, weights: str | None, edge: bool = False):
+    """The function that puts a matrix (out, in) into memory for `linear`; edge=True for the
+    embedding and the head (EDGE_STORAGE).
 
     weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16,
     bfloat16, int8 or int4 (`rwkv-np quantize` files; a float64 model widens 16-bit and quantized
@@ -160,7 +158,7 @@ def storage_of(dtype, weights: str | None, role: str | None = None):
     mapped, asked for another is dequantized first)."""
     if weights is not None and weights not in STORAGES:
         raise InputError(f"weights: expected one of {', '.join(STORAGES)}, got {weights!r}")
-    if role in ("embedding", "head"):
+    if edge:
         weights = EDGE_STORAGE.get(weights, weights)
 
     def store(x):
@@ -173,8 +171,7 @@ def storage_of(dtype, weights: str | None, role: str | None = None):
         if weights is None and dtype == np.float32 and (x.dtype == np.float16 or isinstance(x, Bfloat16)):
             return store_as(x, "float16" if x.dtype == np.float16 else "bfloat16")
         if weights is None or weights == dtype.name:
-            x = as_float(x, dtype)
-            return x if role == "embedding" else resident(x)
+            return as_float(x, dtype)
         return store_as(x, weights)
 
     def store_as(x, weights):

@@ -128,7 +128,7 @@ class RwkvModel:
         self.config, self.dtype = config, compute_dtype(dtype)
         d = self.dtype
         store = storage_of(d, weights)
-        self.embeddings = storage_of(d, weights, "embedding")(tensors["rwkv.embeddings.weight"])  # (V, H)
+        self.embeddings = storage_of(d, weights, edge=True)(tensors["rwkv.embeddings.weight"])  # (V, H)
         self.pre_ln = (as_float(tensors["rwkv.blocks.0.pre_ln.weight"], d),
                        as_float(tensors["rwkv.blocks.0.pre_ln.bias"], d))   # (H,), (H,)
         self.blocks = [Block.from_state_dict(tensors, i, config, d, store) for i in range(config.num_hidden_layers)]
@@ -196,7 +196,7 @@ class RwkvForCausalLM:
     def __init__(self, config: RwkvConfig, tensors: dict, dtype="float32", weights: str | None = None):
         self.rwkv = RwkvModel(config, tensors, dtype, weights)
         self.config = config
-        self.head = storage_of(self.rwkv.dtype, weights, "head")(tensors["head.weight"])  # (V, H)
+        self.head = storage_of(self.rwkv.dtype, weights, edge=True)(tensors["head.weight"])  # (V, H)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,

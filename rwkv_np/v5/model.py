@@ -139,7 +139,7 @@ class Rwkv5Model:
             raise InputError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
         self.config, self.dtype = config, np.dtype(_DTYPES[dtype])
         d, store = self.dtype, storage_of(self.dtype, weights)
-        self.embeddings = storage_of(d, weights, "embedding")(tensors[EMBEDDINGS])           # (V, C)
+        self.embeddings = storage_of(d, weights, edge=True)(tensors[EMBEDDINGS])           # (V, C)
         self.pre_ln = (as_float(tensors["rwkv.blocks.0.pre_ln.weight"], d),
                        as_float(tensors["rwkv.blocks.0.pre_ln.bias"], d))
         self.layers = [self.layer_class.from_tensors(tensors, i, d, store, config)
@@ -221,7 +221,7 @@ class Rwkv5ForCausalLM(Rwkv5Model):
         """As Rwkv5Model; tensors also hold head.weight unless tie_word_embeddings."""
         super().__init__(config, tensors, dtype, weights)
         self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
-            else storage_of(self.dtype, weights, "head")(tensors[HEAD])                # (V, C)
+            else storage_of(self.dtype, weights, edge=True)(tensors[HEAD])                # (V, C)
 
     def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
         """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
