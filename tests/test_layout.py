@@ -63,3 +63,11 @@ def test_the_references_import_no_numba():
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
         assert out.strip() == "[]", f"rwkv_np.{gen}.reference imports {out}"
+
+
+def test_every_folder_of_code_is_a_package():
+    """setup.cfg's `packages = find:` installs only folders with an __init__.py: without one,
+    `pip install .` left rwkv_np/formats out and the installed rwkv-np could not start, while
+    the tests (importing from the checkout) passed."""
+    for folder in {p.parent for p in PACKAGE.rglob("*.py")}:
+        assert (folder / "__init__.py").is_file(), f"{folder.relative_to(REPO)} has no __init__.py"
