@@ -258,6 +258,14 @@ def _project_all_parallel(W, x, y, blocks):  # _project_all with the blocks spli
 # process holds delays one task, not every step of the product (OpenBLAS's own threads wait for
 # each other inside it: threads.blas_single_thread has the figures). Packed weights are widened
 # to float32 _BLOCK_BYTES at a time inside their task, so the widening runs on every core too.
+# One block per thread: 256-token prompts, 2 cores, tokens/s (best of 3-5, ways taking turns):
+#                            OpenBLAS 2 threads   1 block per thread   4 blocks per thread
+#   quiet machine   v4 169M        713                  718                  597
+#                   v7 0.1B        657                  626                  613
+#   others' jobs    v4 169M        325                  404                  404
+#                   v7 0.1B        175                  387                  283
+#   + a busy loop   v4 169M        182                  319                  308
+#                   v7 0.1B         61                  171                  183
 _TASK_FLOPS = 1 << 24   # ~16 MFLOP, ~0.2 ms of sgemm on one core: a pool task costs ~30 us
 _TASK_ROWS = 32         # blocks of W's rows come in multiples of this (whole BLAS panels)
 _pools = {}             # threads -> ThreadPoolExecutor
@@ -312,7 +320,7 @@ def _gemm(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> (
     """y = x @ W.T by BLAS on blocks of W's rows, the blocks split between the threads."""
     (N, n_in), out = x.shape, W[0].shape[0]
     threads = numba.get_num_threads()  # the calling thread's count (set_threads)
-    tasks = 1 if threads == 1 else min(4 * threads, max(1, 2 * N * n_in * out // _TASK_FLOPS))
+    tasks = 1 if threads == 1 else min(threads, max(1, 2 * N * n_in * out // _TASK_FLOPS))
     rows = out if tasks == 1 else -(-out // tasks // _TASK_ROWS) * _TASK_ROWS
     step = out if W[1] == FLOAT else max(1, _BLOCK_BYTES // (4 * n_in))  # rows widened at a time
     y = np.empty((N, out), x.dtype)
