@@ -103,7 +103,7 @@ def run_convert(args) -> int:
 def quantize(src: str | os.PathLike, out_dir: str | os.PathLike, bits: int = 8):
     """Write `src` with every matrix int8 (bits=8: per-row scales, the same numbers as loading it
     with weights="int8"; about a quarter of the float32 file) or int4 (bits=4: groups of 32 with
-    float16 scales and minimums, embedding and head int8, the numbers of weights="int4"; 0.18x
+    float16 scales and minimums, embedding and head int8, the numbers of weights="int4"; 0.20x
     of the float32 file for the 169M shape), loaded memory-mapped. rwkv_np only: HF transformers
     cannot read it."""
     if bits not in (4, 8):

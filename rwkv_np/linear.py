@@ -300,14 +300,14 @@ def _widen_int8(Q, scale, r0, out):  # Q (rows, in) int8, scale (rows,) -> out (
 def _rows(W, r0, r1, n_in):  # rows r0:r1 of a packed weight as float32: a view of W or of the buffer
     if W[1] == FLOAT:
         return W[0][r0:r1]
-    if W[1] == I4:
-        return widen_rows(W[0], W[2], r0, r1)
     size = (r1 - r0) * n_in
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.size < size:
         buf = _scratch.buf = np.empty(size, np.float32)
     out, A = buf[:size].reshape(r1 - r0, n_in), W[0]
-    if A.dtype == np.uint32:
+    if W[1] == I4:
+        widen_rows(A, W[2], r0, out)
+    elif A.dtype == np.uint32:
         _widen_pairs(A, r0, out)
     elif A.dtype == np.int8:
         _widen_int8(A, W[2], r0, out)

@@ -280,8 +280,6 @@ def quantize_x(x, rounds, dtype, levels):  # activations_int4 with xq of this dt
 
 
 @njit(nogil=True)  # prompts widen blocks on linear's thread pool: no GIL, so they run at once
-def widen_rows(Q, DM, r0, r1):  # -> (r1 - r0, in) float32, rows r0:r1 of the matrix
-    out = np.empty((r1 - r0, 2 * Q.shape[1]), np.float32)
-    for i in range(r0, r1):
-        _widen_row(Q, i, DM, out[i - r0])
-    return out
+def widen_rows(Q, DM, r0, out):  # rows r0 : r0 + len(out) of the matrix -> out (n, in) float32
+    for i in range(out.shape[0]):
+        _widen_row(Q, r0 + i, DM, out[i])
