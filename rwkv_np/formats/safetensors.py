@@ -37,6 +37,7 @@ _CODES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.
           np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8",
           np.dtype(np.uint8): "U8"}
 _MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
+HUGE_PAGE = 2 << 20  # bytes in an x86-64 / arm64 (4 KB base page) transparent huge page
 SCALE = "_scale"  # suffix of an int8 matrix's row scales; no RWKV tensor name ends in it
 
 
@@ -59,6 +60,7 @@ def read_safetensors(file: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             if not isinstance(header, dict):
                 raise ModelFileError(f"{file}: header is not a JSON object")
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
+            _ask_for_huge_pages(buf)
     except OSError as e:
         raise ModelFileError(f"{file}: cannot read ({e.strerror})") from None
     meta = header.pop("__metadata__", None) or {}
@@ -92,6 +94,23 @@ def read_safetensors(file: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         if b1 < e0:
             raise ModelFileError(f"{file}: tensors {n0!r} and {n1!r} overlap")
     return tensors, meta
+
+
+def _ask_for_huge_pages(buf) -> None:
+    """madvise(MADV_HUGEPAGE) on a file's map, where the OS has it (Linux; not macOS, Windows).
+
+    With transparent huge pages in "madvise" mode, the page faults of an advised file map read the
+    file into 2 MB page-cache folios and map each with one TLB entry (on kernels whose file
+    system caches large folios: Linux 6.18 ext4 does). Decode streams every matrix once a token,
+    and with 4 KB pages it misses the TLB every 4 KB: 169M float32 decode, 2 threads, same process
+    state, file cached in 4 KB vs 2 MB folios: 21.5 / 23.2 / 20.2 -> 19.7 / 21.6 / 18.7 ms a token.
+    Folios the page cache already holds stay as they are (the file was written or read earlier);
+    still memory-mapped, nothing copied."""
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel built without transparent huge pages: EINVAL
+            pass
 
 
 def _is_index(x) -> bool:
@@ -192,10 +211,36 @@ def write_safetensors(file: str, tensors: dict, metadata: dict[str, str] | None 
     blob += b" " * (-len(blob) % 8)  # the format pads the header so the data is 8-byte aligned
     try:
         with open(file + ".partial", "wb") as f:
-            f.write(len(blob).to_bytes(8, "little") + blob)
-            for name in names:
-                f.write(data[name].data)
+            _write_in_huge_pages(f, [len(blob).to_bytes(8, "little") + blob]
+                                 + [data[name].reshape(-1).view(np.uint8) for name in names])
         os.replace(file + ".partial", file)
     finally:
         if os.path.exists(file + ".partial"):
             os.remove(file + ".partial")
+
+
+def _write_in_huge_pages(f, pieces) -> None:
+    """Write the byte strings `pieces` back to back, every write() call a whole number of 2 MB
+    spans of the file that start on a 2 MB boundary (the last call may end short of one).
+
+    Why: the page cache keeps what write() put in it, in folios sized by each call -- on Linux
+    6.18 ext4, a call covering whole aligned 2 MB spans fills them with 2 MB folios, which a read's
+    memory map then maps with one TLB entry each (PMD mappings, /proc/self/smaps FilePmdMapped);
+    a 3 KB vector written between two matrices left 4 KB..1 MB folios around it. A random 169M
+    float32 file written tensor by tensor: 235 of 323 2 MB spans were one folio; so written: all.
+    At most one 2 MB chunk is copied at a time."""
+    pending = bytearray()  # the file's bytes since the last 2 MB boundary
+    for piece in pieces:
+        view, i = memoryview(piece).cast("B"), 0
+        while i < len(view):
+            if not pending and len(view) - i >= HUGE_PAGE:  # whole aligned spans straight from the array
+                n = min((len(view) - i) // HUGE_PAGE, 256) * HUGE_PAGE  # 512 MB a call: under
+                f.write(view[i:i + n])                                  # Linux's 2 GB write limit
+            else:
+                n = min(len(view) - i, HUGE_PAGE - len(pending))
+                pending += view[i:i + n]
+                if len(pending) == HUGE_PAGE:
+                    f.write(pending)
+                    pending.clear()
+            i += n
+    f.write(pending)
