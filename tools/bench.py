@@ -318,7 +318,7 @@ def bench_models(args, directory) -> dict:
         if "int4" in dirs:  # `rwkv-np quantize --bits 4`
             dirs["int4"] = os.path.join(tmp, "int4")
             quantize(directory, dirs["int4"], bits=4)
-        if args.peers and not v7:  # rwkv.cpp FP32, FP16, Q8_0, Q5_1 from the same .pth
+        if args.peers:  # rwkv.cpp FP32, FP16, Q8_0, Q5_1 from the same .pth (its converter reads v4 and v7)
             cpp = peer_rwkvcpp.make_files(os.path.join(directory, "model.pth"), args.rwkvcpp, tmp)
             engines += [("rwkvcpp", f) for f in cpp]
             dirs.update(cpp)
