@@ -152,7 +152,7 @@ class Rwkv7Model:
         None = as on disk (memory-mapped float32 / float16 / bfloat16 / int8 stay so)."""
         self.config, self.dtype = config, compute_dtype(dtype)
         d, store = self.dtype, storage_of(self.dtype, weights)
-        self.embeddings = store(tensors[EMBEDDINGS])                                       # (V, C)
+        self.embeddings = storage_of(d, weights, edge=True)(tensors[EMBEDDINGS])           # (V, C)
         self.pre_norm = (as_float(tensors["model.layers.0.pre_norm.weight"], d),
                          as_float(tensors["model.layers.0.pre_norm.bias"], d))
         self.layers = [Layer.from_tensors(tensors, i, d, store) for i in range(config.num_hidden_layers)]
@@ -239,7 +239,7 @@ class Rwkv7ForCausalLM(Rwkv7Model):
         """As Rwkv7Model; tensors also hold lm_head.weight unless tie_word_embeddings."""
         super().__init__(config, tensors, dtype, weights)
         self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
-            else storage_of(self.dtype, weights)(tensors[HEAD])                           # (V, C)
+            else storage_of(self.dtype, weights, edge=True)(tensors[HEAD])                # (V, C)
 
     def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
         """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
