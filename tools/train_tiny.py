@@ -348,7 +348,7 @@ def hf_config(args) -> dict:
 def save_model(directory: Path, config: dict, model, dtype: str) -> dict:
     """Write config.json + model.safetensors in `dtype` with rwkv_np's own writer; return the
     tensors as stored, widened to float32 (numpy), read back with rwkv_np's reader."""
-    from rwkv_np.config import RwkvConfig
+    from rwkv_np.v4.config import RwkvConfig
     from rwkv_np.convert import save_pretrained
     from rwkv_np.load import read
     from rwkv_np.storage import as_float

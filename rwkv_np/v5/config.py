@@ -29,12 +29,10 @@ and its expected logits are reproduced only with 1e-5. The default per source:
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..config_file import ConfigFile
 from ..errors import ConfigError
 
 MODEL_TYPE = "rwkv5"
@@ -45,8 +43,9 @@ RWKVCPP_GROUP_NORM_EPS = 1e-5    # rwkv.cpp rwkv_att_v5: ggml_norm(y, 1e-5) per 
 
 
 @dataclass
-class Rwkv5Config:
+class Rwkv5Config(ConfigFile):
     model_type: ClassVar[str] = MODEL_TYPE  # config.json's model_type, the registry's key
+    architecture: ClassVar[str] = ARCHITECTURE
     vocab_size: int = 65536                 # V: the RWKV World tokenizer of the Eagle models
     hidden_size: int = 768                  # C: width of the residual stream (HF's default)
     num_hidden_layers: int = 24             # L
@@ -67,31 +66,17 @@ class Rwkv5Config:
             self.attention_hidden_size = self.hidden_size
         if self.intermediate_size is None and isinstance(self.hidden_size, int):
             self.intermediate_size = int(self.hidden_size * 3.5) // 32 * 32
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "attention_hidden_size",
-                     "head_size", "intermediate_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
+        self.check_keys(positive=("vocab_size", "hidden_size", "num_hidden_layers", "attention_hidden_size",
+                                  "head_size", "intermediate_size"),
+                        epsilons=("layer_norm_epsilon", "group_norm_eps"))
         if self.attention_hidden_size != self.hidden_size:
             raise ConfigError(f"config: attention_hidden_size {self.attention_hidden_size} differs from "
                               f"hidden_size {self.hidden_size}; rwkv_np runs RWKV-5 models where they are equal")
         if self.hidden_size % self.head_size:
             raise ConfigError(f"config: hidden_size {self.hidden_size} is not a multiple of head_size "
                               f"{self.head_size}")
-        for name in ("layer_norm_epsilon", "group_norm_eps"):
-            eps = getattr(self, name)
-            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-                raise ConfigError(f"config: {name} must be a number in (0, 1), got {eps!r}")
-            setattr(self, name, float(eps))
         if self.variant not in VARIANTS:
             raise ConfigError(f"config: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"config: {name} must be an integer, got {value!r}")
-        for name in ("tie_word_embeddings", "use_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def num_heads(self) -> int:  # H
@@ -103,52 +88,15 @@ class Rwkv5Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Rwkv5Config:
-        if not isinstance(d, dict):
-            raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
-        if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ConfigError(f"config: model_type is {d['model_type']!r}, an RWKV-5 config says {MODEL_TYPE!r}")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        divisor = d.get("head_size_divisor")
-        if "group_norm_eps" not in d and isinstance(divisor, (int, float)) and not isinstance(divisor, bool) \
-                and divisor > 0:
-            kwargs["group_norm_eps"] = 1e-5 * divisor ** 2   # GroupNorm(1e-5) of y / divisor
-        extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}
-        return cls(**kwargs, extra=extra)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> Rwkv5Config:
-        """Read `config.json` from a model directory (or the file itself)."""
-        return read_config_file(cls, path)
-
-    def to_dict(self) -> dict:
-        d = dict(self.extra)
-        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
-        d["model_type"] = self.model_type
-        d.setdefault("architectures", [ARCHITECTURE])
-        return d
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        fields, extra = cls.split_keys(d)
+        return cls(**with_divisor_eps(d, fields), extra=extra)
 
 
-def read_config_file(cls, path: str | os.PathLike):
-    """cls.from_dict of a config.json (a model directory's or the file), every failure one line."""
-    path = os.fspath(path)
-    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    try:
-        with open(file, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: not found (a model directory needs config.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{file}: not valid JSON ({e})") from None
-    except OSError as e:  # a directory, no permission...
-        raise ConfigError(f"{file}: cannot read ({e.strerror})") from None
-    try:
-        return cls.from_dict(d)
-    except (ConfigError, TypeError) as e:  # TypeError: wrong key types reaching the dataclass
-        raise ConfigError(f"{file}: {e}") from None
+def with_divisor_eps(d: dict, fields: dict) -> dict:
+    """fields, plus group_norm_eps = 1e-5 * q**2 when the config.json `d` gives head_size_divisor q
+    and no group_norm_eps (HF rwkv5/rwkv6's rule: GroupNorm(1e-5) of y / q)."""
+    divisor = d.get("head_size_divisor")
+    if "group_norm_eps" not in d and isinstance(divisor, (int, float)) and not isinstance(divisor, bool) \
+            and divisor > 0:
+        return dict(fields, group_norm_eps=1e-5 * divisor ** 2)
+    return fields

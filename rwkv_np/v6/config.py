@@ -17,22 +17,21 @@ head_size_divisor d and no group_norm_eps gets 1e-5 * d**2.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..config_file import ConfigFile
 from ..errors import ConfigError
-from ..v5.config import read_config_file
+from ..v5.config import with_divisor_eps
 
 MODEL_TYPE = "rwkv6"
 ARCHITECTURE = "Rwkv6ForCausalLM"
 
 
 @dataclass
-class Rwkv6Config:
+class Rwkv6Config(ConfigFile):
     model_type: ClassVar[str] = MODEL_TYPE  # config.json's model_type, the registry's key
+    architecture: ClassVar[str] = ARCHITECTURE
     vocab_size: int = 65536                 # V: the RWKV World tokenizer of the Finch models
     hidden_size: int = 768                  # C
     num_hidden_layers: int = 24             # L
@@ -59,29 +58,15 @@ class Rwkv6Config:
             self.time_mix_extra_dim = 64 if wide else 32
         if self.time_decay_extra_dim is None:
             self.time_decay_extra_dim = 128 if wide else 64
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "attention_hidden_size", "head_size",
-                     "intermediate_size", "time_mix_extra_dim", "time_decay_extra_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
+        self.check_keys(positive=("vocab_size", "hidden_size", "num_hidden_layers", "attention_hidden_size",
+                                  "head_size", "intermediate_size", "time_mix_extra_dim", "time_decay_extra_dim"),
+                        epsilons=("layer_norm_epsilon", "group_norm_eps"))
         if self.attention_hidden_size != self.hidden_size:
             raise ConfigError(f"config: attention_hidden_size {self.attention_hidden_size} differs from "
                               f"hidden_size {self.hidden_size}; rwkv_np runs RWKV-6 models where they are equal")
         if self.hidden_size % self.head_size:
             raise ConfigError(f"config: hidden_size {self.hidden_size} is not a multiple of head_size "
                               f"{self.head_size}")
-        for name in ("layer_norm_epsilon", "group_norm_eps"):
-            eps = getattr(self, name)
-            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-                raise ConfigError(f"config: {name} must be a number in (0, 1), got {eps!r}")
-            setattr(self, name, float(eps))
-        for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"config: {name} must be an integer, got {value!r}")
-        for name in ("tie_word_embeddings", "use_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def num_heads(self) -> int:  # H
@@ -89,33 +74,5 @@ class Rwkv6Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Rwkv6Config:
-        if not isinstance(d, dict):
-            raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
-        if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ConfigError(f"config: model_type is {d['model_type']!r}, an RWKV-6 config says {MODEL_TYPE!r}")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        divisor = d.get("head_size_divisor")
-        if "group_norm_eps" not in d and isinstance(divisor, (int, float)) and not isinstance(divisor, bool) \
-                and divisor > 0:
-            kwargs["group_norm_eps"] = 1e-5 * divisor ** 2   # GroupNorm(1e-5) of y / divisor
-        extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}
-        return cls(**kwargs, extra=extra)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> Rwkv6Config:
-        """Read `config.json` from a model directory (or the file itself)."""
-        return read_config_file(cls, path)
-
-    def to_dict(self) -> dict:
-        d = dict(self.extra)
-        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
-        d["model_type"] = MODEL_TYPE
-        d.setdefault("architectures", [ARCHITECTURE])
-        return d
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        fields, extra = cls.split_keys(d)
+        return cls(**with_divisor_eps(d, fields), extra=extra)

@@ -10,12 +10,10 @@ Symbols used across rwkv_np.v7: C hidden_size, L num_hidden_layers, H num_heads,
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..config_file import ConfigFile
 from ..errors import ConfigError
 
 MODEL_TYPE = "rwkv7"
@@ -26,8 +24,9 @@ _FLA_FIXED = {"hidden_act": ("sqrelu",), "norm_bias": (True,), "norm_first": (Tr
 
 
 @dataclass
-class Rwkv7Config:
+class Rwkv7Config(ConfigFile):
     model_type: ClassVar[str] = MODEL_TYPE  # config.json's model_type, the generations registry's key
+    architecture: ClassVar[str] = ARCHITECTURE
     vocab_size: int = 65536                 # V: the RWKV World tokenizer of the released Goose models
     hidden_size: int = 2048                 # C: width of the residual stream (fla's default)
     num_hidden_layers: int = 24             # L
@@ -50,13 +49,8 @@ class Rwkv7Config:
     extra: dict = field(default_factory=dict, repr=False)  # unknown keys, written back as they came
 
     def __post_init__(self):
-        def positive(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
-
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
-            positive(name)
+        positive = lambda *names: self.check_keys(positive=names, integers=(), flags=())  # noqa: E731
+        positive("vocab_size", "hidden_size", "num_hidden_layers")
         if self.head_dim is None and self.num_heads is None:
             raise ConfigError("config: give head_dim or num_heads (hidden_size = num_heads * head_dim)")
         if self.head_dim is None:
@@ -67,31 +61,16 @@ class Rwkv7Config:
             self.num_heads = self.hidden_size // self.head_dim
         if self.intermediate_size is None:
             self.intermediate_size = 32 * -(-4 * self.hidden_size // 32)
-        for name in ("head_dim", "num_heads", "intermediate_size", "decay_low_rank_dim",
-                     "a_low_rank_dim", "v_low_rank_dim", "gate_low_rank_dim"):
-            positive(name)
+        self.check_keys(positive=("head_dim", "num_heads", "intermediate_size", "decay_low_rank_dim",
+                                  "a_low_rank_dim", "v_low_rank_dim", "gate_low_rank_dim"),
+                        epsilons=("norm_eps", "group_norm_eps"))
         if self.num_heads * self.head_dim != self.hidden_size:
             raise ConfigError(f"config: num_heads * head_dim = {self.num_heads} * {self.head_dim} "
                               f"is not hidden_size {self.hidden_size}")
-        for name in ("norm_eps", "group_norm_eps"):
-            eps = getattr(self, name)
-            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-                raise ConfigError(f"config: {name} must be a number in (0, 1), got {eps!r}")
-            setattr(self, name, float(eps))
-        for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"config: {name} must be an integer, got {value!r}")
-        for name in ("tie_word_embeddings", "use_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Rwkv7Config":
-        if not isinstance(d, dict):
-            raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
-        if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ConfigError(f"config: model_type is {d['model_type']!r}, rwkv_np.v7 reads {MODEL_TYPE!r}")
+        fields, extra = cls.split_keys(d)
         if d.get("attn") is not None:
             raise ConfigError("config: 'attn' describes hybrid softmax-attention layers; rwkv_np runs "
                               "pure RWKV-7 models only (attn must be null)")
@@ -99,49 +78,12 @@ class Rwkv7Config:
             if key in d and d[key] not in allowed:
                 raise ConfigError(f"config: {key} = {d[key]!r} is not computed by rwkv_np "
                                   f"(it runs {key} = {allowed[0]!r})")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in d.items() if k in known}
         ratio, C = d.get("hidden_ratio"), d.get("hidden_size", cls.hidden_size)
-        if kwargs.get("intermediate_size") is None and isinstance(ratio, (int, float)) and isinstance(C, int):
-            kwargs["intermediate_size"] = 32 * -(-int(C * ratio) // 32)  # fla's rounding
-        extra = {k: v for k, v in d.items() if k not in known and k != "model_type"}
-        config = cls(**kwargs, extra=extra)
+        if fields.get("intermediate_size") is None and isinstance(ratio, (int, float)) and isinstance(C, int):
+            fields["intermediate_size"] = 32 * -(-int(C * ratio) // 32)  # fla's rounding
+        config = cls(**fields, extra=extra)
         value_dim = d.get("value_dim")
         if value_dim is not None and any(v != C for v in (value_dim if isinstance(value_dim, list) else [value_dim])):
             raise ConfigError(f"config: value_dim {value_dim!r} differs from hidden_size {C}; rwkv_np "
                               "runs models whose values are as wide as the keys")
         return config
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "Rwkv7Config":
-        """Read `config.json` from a model directory (or the file itself)."""
-        path = os.fspath(path)
-        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        try:
-            with open(file, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: not found (a model directory needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ConfigError(f"{file}: not valid JSON ({e})") from None
-        except OSError as e:  # a directory, no permission...
-            raise ConfigError(f"{file}: cannot read ({e.strerror})") from None
-        try:
-            return cls.from_dict(d)
-        except ConfigError as e:
-            raise ConfigError(f"{file}: {e}") from None
-        except TypeError as e:  # wrong key types reaching the dataclass
-            raise ConfigError(f"{file}: {e}") from None
-
-    def to_dict(self) -> dict:
-        d = dict(self.extra)
-        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
-        d["model_type"] = MODEL_TYPE
-        d.setdefault("architectures", [ARCHITECTURE])
-        return d
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
