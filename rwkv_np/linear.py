@@ -30,7 +30,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
-from .dot_rows import dot_rows
+from .dot_rows import dot_rows, dot_rows4
 from .errors import InputError
 from .linear_int4 import activations_int4, rows_int4, widen_rows
 from .storage import F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
@@ -80,9 +80,13 @@ def _project(W, x, y, i0, i1, buf):
 def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
     if x.shape[0] == 1:
         _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
-    else:  # no widening: the rows are used where they are
-        for i in range(i0, i1):
-            dot_rows(A[i], x, y, i)
+    else:  # no widening: the rows are used where they are, four at a time
+        i = i0
+        while i + 4 <= i1:
+            dot_rows4(A, i, x, y, i)
+            i += 4
+        for r in range(i, i1):
+            dot_rows(A[r], x, y, r)
 
 
 @njit(fastmath=True)
@@ -96,11 +100,18 @@ def _rows_halves(A, f16, x, y, i0, i1, buf):  # A (out, in) uint16: float16 or b
 @njit(fastmath=True)
 def _rows_pairs(A, x, xs, y, i0, i1, buf):  # A (out, in/2) uint32: bfloat16 in pairs
     # (column 2j in the low half, 2j + 1 in the high); xs: x's even and odd columns apart
-    if x.shape[0] > 1:
-        for i in range(i0, i1):
+    if x.shape[0] > 1:  # as _packed_rows: four rows widened, then one at a time
+        rows4, i = np.empty((4, 2 * A.shape[1]), np.float32), i0
+        while i + 4 <= i1:
+            for k in range(4):
+                for j in range(A.shape[1]):
+                    rows4[k, 2 * j], rows4[k, 2 * j + 1] = _bf16_lo(A[i + k, j]), _bf16_hi(A[i + k, j])
+            dot_rows4(rows4, 0, x, y, i)
+            i += 4
+        for r in range(i, i1):
             for j in range(A.shape[1]):
-                buf[2 * j], buf[2 * j + 1] = _bf16_lo(A[i, j]), _bf16_hi(A[i, j])
-            dot_rows(buf, x, y, i)
+                buf[2 * j], buf[2 * j + 1] = _bf16_lo(A[r, j]), _bf16_hi(A[r, j])
+            dot_rows(buf, x, y, r)
         return
     for i in range(i0, i1):
         acc = np.float32(0.0)
@@ -229,10 +240,19 @@ def _packed_rows(A, widen, x, y, i0, i1, buf):  # A (out, in) packed, x (N, in),
     if x.shape[0] == 1:
         _matvec_rows(A, widen, x[0], y[0], i0, i1)
         return
-    for i in range(i0, i1):  # N > 1: widen a row once, use it for every row of x
+    # N > 1: widen four rows once (into a buffer of their own: `buf` holds one), use them for
+    # every row of x
+    rows4, i = np.empty((4, A.shape[1]), np.float32), i0
+    while i + 4 <= i1:
+        for k in range(4):
+            for j in range(A.shape[1]):
+                rows4[k, j] = widen(A[i + k, j])
+        dot_rows4(rows4, 0, x, y, i)
+        i += 4
+    for r in range(i, i1):
         for j in range(A.shape[1]):
-            buf[j] = widen(A[i, j])
-        dot_rows(buf, x, y, i)
+            buf[j] = widen(A[r, j])
+        dot_rows(buf, x, y, r)
 
 
 @njit(cache=True, inline="always")
