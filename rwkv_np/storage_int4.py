@@ -21,6 +21,22 @@ group tries its range shrunk from either end (16 candidates) and, for each, the 
 (d, m) of the values it rounded to, and keeps the pair with the least squared error, counted
 with d and m already rounded to float16 as they are stored. KL on the demo model 3.9e-3 -> 2.8e-3,
 on a random 169M model 7.8e-4 -> 6.1e-4 (matrices only; about 10 s for the 169M layers).
+
+What 4 bits do not reach (issue 19; KL to float32, embedding and head int8, demo / random 169M;
+`python tools/quality.py --int4-study [--shape 169m]`): rwkv.cpp's Q5_1 gives 8.9e-4 / 1.75e-4,
+and Q5_1's rounding is plain min/max over 31 levels (that alone, dequantized: 9.2e-4 / 1.95e-4,
+6 bits a weight). int4 as stored: 3.0e-3 / 5.9e-4; its search is at the limit of choosing
+(d, m) per group: refitting every candidate three times, or 36 candidates in place of 16, moved
+the 169M figure 1% and the demo figure within its noise (2.8e-3 .. 3.0e-3), at 2-4x the time.
+Also measured, matrices dequantized: the error weighted per column by E[x_j^2] of the inputs
+(calibrated on the training text: demo -4%; a data-free proxy from ln weight and time_mix:
+demo 0, 169M -5%); GPTQ (calibrated, each column's error fed forward along the row) 1.9e-3 /
+4.4e-4; groups of 16 (6 bits a weight, as many as Q5_1's) 1.95e-3 / 3.8e-4, with GPTQ 1.2e-3
+(demo). Mixed, int4 with some
+kinds int8: feed_forward.key 1.9e-3 / 3.3e-4 (6.0 bits a 169M layer weight), ffn key + value
+1.4e-3 / 1.6e-4 (6.9 bits), ffn key + value and attention value + output 4.7e-4 / 4.3e-5 (7.3
+bits, 77% of the weights int8: under Q5_1's KL on both, but then int8 itself, 8.04 bits, gives
+6.1e-5 / 2.8e-5). Nothing at Q5_1's 6 bits a layer weight or fewer reached its KL.
 """
 from __future__ import annotations
 

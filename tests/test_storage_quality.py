@@ -82,3 +82,32 @@ def test_storage_keeps_the_float32_predictions(measured, storage):
     assert row["top1"] >= min_top1, (text, row)
     assert row["mean_kl"] <= max_mean_kl, (text, row)
     assert row["max_kl"] <= max_kl, (text, row)
+
+
+def test_int4_study_rounds_and_counts_bits_as_stated():
+    """tools/quality.py --int4-study: its min/max rounding is ggml's Q4_1 / Q5_1 rule (here from
+    a float64 loop over each group, written from that rule), and each row's bits per layer weight
+    is the count by hand for the demo model (per layer: the four attention matrices and the ffn
+    receptance 128 x 128, ffn key 512 x 128, ffn value 128 x 512; int8 = 8 bits + a float32 scale
+    per row of 128 or 512; int4 = 4 bits + two float16 per 32)."""
+    import numpy as np
+    tool = load_tool("quality")
+    W = np.random.default_rng(1).standard_normal((5, 96)).astype(np.float32) * 0.1
+    for levels in (15, 31):
+        want = np.empty((5, 96))
+        for i in range(5):
+            for g in range(3):
+                w = W[i, 32 * g:32 * g + 32].astype(np.float64)
+                d = float(np.float16((w.max() - w.min()) / levels))
+                m = float(np.float16(w.min()))
+                want[i, 32 * g:32 * g + 32] = [min(max(round((x - m) / d), 0), levels) * d + m for x in w]
+        assert np.allclose(tool.minmax_groups(W, levels), want, rtol=0, atol=1e-7)
+    rows = {r["storage"]: r for r in tool.int4_study(tool.windows(b"ROMEO: hello there, good sir. " * 8, 2, 64))}
+    att, ffn = 128 * 128, 128 * 512  # each of 4 attention matrices and ffn receptance; ffn key, value
+    total = 5 * att + 2 * ffn
+    assert rows["int4 (as stored)"]["bits_per_weight"] == 5.0
+    assert rows["min/max 5-bit, groups of 32 (Q5_1's rounding)"]["bits_per_weight"] == 6.0
+    key = rows["int4, feed_forward.key int8"]["bits_per_weight"]
+    assert abs(key - ((total - ffn) * 5 + ffn * (8 + 32 / 128)) / total) < 1e-12
+    value = rows["int4, feed_forward.value int8"]["bits_per_weight"]
+    assert abs(value - ((total - ffn) * 5 + ffn * (8 + 32 / 512)) / total) < 1e-12

@@ -26,6 +26,13 @@ same weights also go through rwkv.cpp's converter and quantizer (FP16, then Q5_1
 its README does), and each quantized file is read back dequantized by rwkv_np's own reader
 (rwkv_np.load.read) and run by rwkv_np in float32: rows "rwkv.cpp Q5_1" / "Q8_0", the error of
 their weights alone (rwkv.cpp also rounds activations to 8 bits inside its products).
+
+--int4-study (issue 19) asks where int4's error comes from instead: every layer matrix
+dequantized to float32 in one of several roundings (embedding and head int8, as an int4 model
+keeps them), run by rwkv_np in float32 against float32, one row each with its bits per layer
+weight: min/max groups of 32 (no search), int4 as stored (storage_int4.quantize_int4), 5-bit
+min/max groups of 32 (the rounding of rwkv.cpp's Q5_1, 6 bits a weight), then int4 with one
+matrix kind (or a set of kinds) kept int8.
 """
 import argparse
 import json
@@ -82,6 +89,58 @@ def measure(ids: np.ndarray, model=rwkv_np.DEMO_MODEL, rwkvcpp=None) -> list[dic
     return rows
 
 
+KINDS = ("attention.key", "attention.value", "attention.receptance", "attention.output",
+         "feed_forward.key", "feed_forward.receptance", "feed_forward.value")  # RWKV-4's layer matrices
+KEPT_INT8 = [(kind,) for kind in KINDS] + [("feed_forward.key", "feed_forward.value"),
+             ("feed_forward.key", "feed_forward.value", "attention.value", "attention.output")]
+
+
+def minmax_groups(W: np.ndarray, levels: int) -> np.ndarray:  # (out, in) -> (out, in) float32
+    """Plain asymmetric rounding in groups of 32: d = (max - min) / levels, m = min, both float16
+    (ggml's Q4_1 with levels = 15, Q5_1 with 31), dequantized."""
+    from rwkv_np.storage_int4 import GROUP
+    w = W.reshape(W.shape[0], -1, GROUP)
+    lo = w.min(-1, keepdims=True)
+    d = ((w.max(-1, keepdims=True) - lo) / levels).astype(np.float16).astype(np.float32)
+    m = lo.astype(np.float16).astype(np.float32)
+    q = np.clip(np.rint((w - m) / np.where(d > 0, d, 1)), 0, levels)
+    return (q * d + m).reshape(W.shape)
+
+
+def int4_study(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
+    """KL to float32 of RWKV-4 `model` with its layer matrices rounded several ways (module
+    docstring, --int4-study); rows also carry bits_per_weight, over the layer matrices."""
+    from rwkv_np.load import read
+    from rwkv_np.storage import as_float, prepare_weight
+    from rwkv_np.storage_int4 import GROUP, quantize_int4
+    _, config, tensors = read(model)
+    tensors = {n: as_float(x, np.float32) if x.dtype.kind == "f" or hasattr(x, "to_float32") else x
+               for n, x in tensors.items()}
+    layer = sorted(n for n in tensors if any(n.endswith(f".{k}.weight") for k in KINDS))
+    ref = RwkvForCausalLM(config, tensors, weights="float32")(ids).logits
+    edges = {n: prepare_weight(tensors[n], "int8").to_float32() for n in ("rwkv.embeddings.weight", "head.weight")}
+    int4 = {n: quantize_int4(tensors[n]).to_float32() for n in layer}
+    weights = sum(tensors[n].size for n in layer)
+
+    def row(label, rounded, bits):  # rounded: {name: float32 matrix}; bits: {name: bits a weight}
+        got = RwkvForCausalLM(config, {**tensors, **edges, **rounded}, weights="float32")(ids).logits
+        return {"storage": label, "reference": "float32", **logit_agreement(ref, got),
+                "bits_per_weight": sum(bits[n] * tensors[n].size for n in layer) / weights}
+
+    int8_bits = lambda n: 8 + 32 / tensors[n].shape[1]  # a float32 scale per row
+    rows = [row("min/max 4-bit, groups of 32", {n: minmax_groups(tensors[n], 15) for n in layer},
+                dict.fromkeys(layer, 4 + 32 / GROUP)),
+            row("int4 (as stored)", int4, dict.fromkeys(layer, 4 + 32 / GROUP)),
+            row("min/max 5-bit, groups of 32 (Q5_1's rounding)", {n: minmax_groups(tensors[n], 31) for n in layer},
+                dict.fromkeys(layer, 5 + 32 / GROUP))]
+    for kinds in KEPT_INT8:
+        kept = [n for n in layer if any(n.endswith(f".{k}.weight") for k in kinds)]
+        rows.append(row(f"int4, {' + '.join(kinds)} int8",
+                        {**int4, **{n: prepare_weight(tensors[n], "int8").to_float32() for n in kept}},
+                        {**dict.fromkeys(layer, 4 + 32 / GROUP), **{n: int8_bits(n) for n in kept}}))
+    return rows
+
+
 def rwkvcpp_logits(model, ids, tree, formats=("Q5_1", "Q8_0")):  # -> [(format, logits (B, T, V))]
     """rwkv.cpp's quantized files of `model`'s weights, read back by rwkv_np.load.read (dequantized
     to float32) and run by rwkv_np."""
@@ -116,11 +175,13 @@ def token_by_token(model, ids: np.ndarray) -> np.ndarray:  # ids (n, T) -> logit
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| storage | vs | positions | max rel logit err | top-1 agreement | mean KL (nats) | max KL (nats) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    bits = any("bits_per_weight" in r for r in rows)
+    lines = ["| storage | vs | positions | max rel logit err | top-1 agreement | mean KL (nats) | max KL (nats) |"
+             + (" bits / layer weight |" if bits else ""), "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if bits else "")]
     for r in rows:
         lines.append(f"| {r['storage']} | {r['reference']} | {r['positions']:,} | {r['max_rel_err']:.2e} "
-                     f"| {r['top1']:.4f} | {r['mean_kl']:.2e} | {r['max_kl']:.2e} |")
+                     f"| {r['top1']:.4f} | {r['mean_kl']:.2e} | {r['max_kl']:.2e} |"
+                     + (f" {r['bits_per_weight']:.2f} |" if bits else ""))
     return "\n".join(lines)
 
 
@@ -135,6 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", type=Path, help="an HF model directory instead of the demo model (its tokenizer)")
     p.add_argument("--rwkvcpp", metavar="DIR", help="also rwkv.cpp's Q5_1 and Q8_0 of the same weights "
                    "(a tree built by build_rwkvcpp.sh; needs torch)")
+    p.add_argument("--int4-study", action="store_true", help="where int4's error comes from: layer matrices "
+                   "min/max 4-bit, int4, min/max 5-bit, and int4 with some kinds int8 (RWKV-4 models)")
     args = p.parse_args(argv)
     path = args.text or TINYSHAKESPEARE
     if not path.is_file():
@@ -157,7 +220,7 @@ def main(argv=None) -> int:
             from rwkv_np.tokenizer import Tokenizer
             text = Tokenizer.from_pretrained(model).encode(text.decode("utf-8", errors="replace"))
         ids = windows(text, args.windows)
-        rows = measure(ids, model, args.rwkvcpp)
+        rows = int4_study(ids, model) if args.int4_study else measure(ids, model, args.rwkvcpp)
     source = str(path) if args.text else f"held-out tinyshakespeare (last 10% of {path})"
     name = f"random {args.shape} model" if args.shape else str(args.model or "demo model")
     if args.json:
