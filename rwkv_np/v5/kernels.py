@@ -16,26 +16,35 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always")
+def wkv5_step(S, r, k, v, w, u, y):  # S (N, N) [key][value] in place; r, k, v, w, u, y (N,)
+    """One token of one head: y_j = Σ_i r_i (S_ij + u_i k_i v_j), then S_ij <- w_i S_ij + k_i v_j.
+    Rows of S in turn (the sum over i in the written order), the value index j innermost: the
+    prompt kernel below and token mode (decode.py) run this same loop."""
+    N = S.shape[0]
+    for j in range(N):
+        y[j] = 0
+    for i in range(N):
+        ri, ki, wi = r[i], k[i], w[i]
+        bonus = u[i] * ki                # u_i k_i: this token's own weight
+        row = S[i]
+        for j in range(N):
+            s = row[j]
+            y[j] += ri * (s + bonus * v[j])          # r_i (S[i][j] + u_i k_i v_j)
+            row[j] = wi * s + ki * v[j]              # w_i S[i][j] + k_i v_j
+
+
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _wkv5_kernel(r, w_log, k, v, u, state, y):  # r, w_log, k, v, y (B, T, H, N); u (H, N); state (B, H, N, N) in place
     B, T, H, N = r.shape
     for job in numba.prange(B * H):
         bi, h = job // H, job % H
         S = state[bi, h]                         # (N, N) view, S[key][value]
-        yt = np.empty(N, r.dtype)
+        yt, wt = np.empty(N, r.dtype), np.empty(N, r.dtype)
         for t in range(T):
-            vt = v[bi, t, h]
-            for j in range(N):
-                yt[j] = 0
             for i in range(N):
-                ri, ki = r[bi, t, h, i], k[bi, t, h, i]
-                wi = np.exp(w_log[bi, t, h, i])
-                bonus = u[h, i] * ki             # u_i k_i: this token's own weight
-                row = S[i]
-                for j in range(N):
-                    s = row[j]
-                    yt[j] += ri * (s + bonus * vt[j])        # r_i (S[i][j] + u_i k_i v_j)
-                    row[j] = wi * s + ki * vt[j]             # w_i S[i][j] + k_i v_j
+                wt[i] = np.exp(w_log[bi, t, h, i])
+            wkv5_step(S, r[bi, t, h], k[bi, t, h], v[bi, t, h], wt, u[h], yt)
             for j in range(N):
                 y[bi, t, h, j] = yt[j]
 

@@ -5,8 +5,10 @@ The same numbers as reference.py (read that first: this file computes its equati
 differences of method, none of meaning: the projections of all B x T tokens run as one matrix
 product each through `rwkv_np.linear` (any weight storage: float32/64, float16, bfloat16, int8),
 the WKV-5 recurrence runs in the Numba kernel (kernels.py), and everything stays in the model's
-dtype. Load-time work (the decays λ = -exp(time_decay) and bonuses u, stacking the mixes,
-choosing each matrix's storage) happens once, in `Layer.from_tensors`.
+dtype. Single-token float32 steps of up to 16 rows run each layer as one compiled call
+(decode.py: every variant, 5.0 to 5.2). Load-time work (the decays λ = -exp(time_decay) and
+bonuses u, stacking the mixes, choosing each matrix's storage) happens once, in
+`Layer.from_tensors`.
 
     model = Rwkv5ForCausalLM.from_pretrained("path/to/model")   # HF directory, .pth, rwkv.cpp .bin
     out = model(input_ids)                        # out.logits (B, T, V), out.state
@@ -23,10 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..linear import linear
+from ..linear import SMALL_N, linear
 from ..nn import cross_entropy, group_norm, layer_norm, sigmoid, token_shift
 from ..storage import as_float, embed, storage_of
 from .config import Rwkv5Config
+from .decode import decode, token_layer
 from .kernels import wkv5_forward
 from .names import EMBEDDINGS, HEAD
 from .reference import decay_and_bonus
@@ -122,6 +125,9 @@ class Layer:
         state[FFN_X][:, i] = x[:, -1]
         return (sigmoid(linear(xr, self.ffn_receptance)) * linear(key, self.ffn_value)).reshape(B, T, C)
 
+    def token_layer(self):  # -> (step, decode.TokenLayer), or None where token mode does not apply
+        return token_layer(self)
+
 
 class Rwkv5Model:
     """The RWKV-5 trunk (HF's Rwkv5Model): embeddings, layers, ln_out, no head. Call it like HF's
@@ -145,6 +151,9 @@ class Rwkv5Model:
         self.layers = [self.layer_class.from_tensors(tensors, i, d, store, config)
                        for i in range(config.num_hidden_layers)]
         self.ln_out = (as_float(tensors["rwkv.ln_out.weight"], d), as_float(tensors["rwkv.ln_out.bias"], d))
+        # Token mode (decode.py): one compiled call per layer for single-token float32 steps.
+        layers = [lay.token_layer() for lay in self.layers] if d == np.float32 else [None]
+        self.token_layers = None if None in layers else layers
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", weights: str | None = None,
@@ -192,16 +201,21 @@ class Rwkv5Model:
         eps, gn_eps = self.config.layer_norm_epsilon, self.config.group_norm_eps
         x = layer_norm(x, *self.pre_ln, eps)
         hidden, attentions, ffns = [], [], []
-        for i, lay in enumerate(self.layers):
-            att = lay.time_mix(layer_norm(x, *lay.ln1, eps), state, i, gn_eps)
-            x = x + att
-            ffn = lay.channel_mix(layer_norm(x, *lay.ln2, eps), state, i)
-            x = x + ffn
-            if output_hidden_states:
-                hidden.append(x)
-            if output_attentions:
-                attentions.append(att)
-                ffns.append(ffn)
+        token_mode = (self.token_layers and x.shape[1] == 1 and B <= SMALL_N
+                      and not output_hidden_states and not output_attentions)
+        if token_mode:  # one compiled call per layer (decode.py), the same equations
+            x = decode(self.token_layers, x[:, 0], state, eps, gn_eps)[:, None]
+        else:
+            for i, lay in enumerate(self.layers):
+                att = lay.time_mix(layer_norm(x, *lay.ln1, eps), state, i, gn_eps)
+                x = x + att
+                ffn = lay.channel_mix(layer_norm(x, *lay.ln2, eps), state, i)
+                x = x + ffn
+                if output_hidden_states:
+                    hidden.append(x)
+                if output_attentions:
+                    attentions.append(att)
+                    ffns.append(ffn)
         x = layer_norm(x, *self.ln_out, eps)
         if output_hidden_states:
             hidden.append(x)

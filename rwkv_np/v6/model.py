@@ -5,9 +5,10 @@ The same numbers as reference.py (read that first: this file computes its equati
 differences of method, none of meaning: the projections of all B x T tokens run as one matrix
 product each through `rwkv_np.linear` (any weight storage: float32/64, float16, bfloat16, int8),
 the LoRA matrices (small, kept in the model's dtype) as NumPy matrix products, and the WKV
-recurrence in RWKV-5's Numba kernel (v5/kernels.py) with this layer's decay per token. Load-time
-work (stacking the mixes, contiguous LoRA matrices, choosing each matrix's storage) happens once,
-in `Layer.from_tensors`.
+recurrence in RWKV-5's Numba kernel (v5/kernels.py) with this layer's decay per token.
+Single-token float32 steps of up to 16 rows run each layer as one compiled call (decode.py).
+Load-time work (stacking the mixes, contiguous LoRA matrices, choosing each matrix's storage)
+happens once, in `Layer.from_tensors`.
 
 The trunk, head, state and call signature are RWKV-5's (v5/model.py); only the layer differs.
 
@@ -30,6 +31,7 @@ from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, silu
 from ..v5.state import ATT_X, FFN_X, WKV
 from ..v5.wkv import clamp_log_decay
 from .config import Rwkv6Config
+from .decode import token_layer
 from .names import MIXES
 
 
@@ -108,6 +110,9 @@ class Layer:
         key *= key
         state[FFN_X][:, i] = x[:, -1]
         return (sigmoid(linear(xr, self.ffn_receptance)) * linear(key, self.ffn_value)).reshape(B, T, C)
+
+    def token_layer(self):  # -> (step, decode.TokenLayer), or None where token mode does not apply
+        return token_layer(self)
 
 
 class Rwkv6Model(Rwkv5Model):
