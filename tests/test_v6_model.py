@@ -2,10 +2,15 @@
 
 The reference is held to rwkv.cpp and BlinkDL's package elsewhere (test_v6_reference.py,
 test_v56_blinkdl.py); here the fast path must compute the same numbers: float64 within 1e-12 and
-float32 within 1e-5 of the largest value (relative), on random multi-head weights whose decays
+float32 within 3e-5 of the largest value (relative), on random multi-head weights whose decays
 reach the unbounded-below end (time_decay up to 12: λ = -exp(12 + LoRA) ~ -1e5, clamped), and on
-rwkv.cpp's tiny Q5_0 file. Measured (logits, state): float32 2.7e-6 and 1.3e-6 relative, float64
-2.6e-15 and 1.5e-15.
+rwkv.cpp's tiny Q5_0 file. Measured (logits, state): float64 2.6e-15 and 1.5e-15; float32 7.7e-6
+and 1.3e-6, the branch outputs up to 1.6e-5. float32 is this model's weak spot: a decay w =
+e^{-e^ww} carries ww's rounding times |λ| ww (λ ~ -20 at ww = 3), so the order in which one BLAS
+call sums a LoRA product moves these figures: with the LoRA matrices in BlinkDL's (in, out)
+orientation (before model.Layer transposed them for token mode) logits 2.7e-6, branches 6.4e-6 on
+these tokens, and other draws of the tokens reached 1.6e-5 in that orientation too
+(tests/test_v56_decode.py). Hence 3e-5, not the 1e-5 of better-conditioned models.
 """
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ from rwkv_np.v6.config import Rwkv6Config
 from rwkv_np.v6.model import Rwkv6ForCausalLM, Rwkv6Model
 
 PROMPT = [34, 105, 110]
-TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+TOLERANCE = {"float32": 3e-5, "float64": 1e-12}
 
 
 def rel(x, ref):

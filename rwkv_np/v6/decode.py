@@ -4,22 +4,23 @@ RWKV-5's token mode (v5/decode.py: why, and the phases this shares) with RWKV-6'
 data-dependent pieces in front, reference.py's equations (x the residual (B, C)):
 
     0. xa = ln1(x),  dx = last - xa,  xxx = xa + dx maa_x                               (serial)
-    1. m = tanh(xxx W1)                  (5 D_mix): the ddlerp LoRA's first matrix, rows w k v r g
-    2. x_q = xa + dx (maa_q + m_q W2[q])   for q in w, k, v, r, g                 ("ddlerp")
-    3. r, k, v = x_r Wr^T, x_k Wk^T, x_v Wv^T,  g = silu(x_g Wg^T),  h_w = tanh(x_w D1)
-    4. per head (its N channels): ww = time_decay + h_w D2,  w = e^λ with λ = max(-e^ww, floor)
+    1. m = tanh(xxx W1^T)              (5 D_mix): the ddlerp LoRA's first matrix, rows w k v r g
+    2. x_q = xa + dx (maa_q + m_q W2[q]^T)   for q in w, k, v, r, g               ("ddlerp")
+    3. r, k, v = x_r Wr^T, x_k Wk^T, x_v Wv^T,  g = silu(x_g Wg^T),  h_w = tanh(x_w D1^T)
+    4. per head (its N channels): ww = time_decay + h_w D2^T,  w = e^λ, λ = max(-e^ww, floor)
          y_j = Σ_i r_i (S_ij + u_i k_i v_j),   S_ij <- w_i S_ij + k_i v_j,   o = group_norm(y) * g
     5. x += o Wo^T
     6. xf = ln2(x),  x_k, x_r = xf + (last - xf) maa_k / maa_r;  key = relu(x_k Fk^T)^2,
        rr = sigmoid(x_r Fr^T)
     7. x += rr * (key Fv^T)
 
-Phases 4's WKV and ln_x, and 5-7, are v5/decode.py's (`head`, `output_and_channel_mix`). The
-projections go through linear.project (any storage). The LoRA matrices are float32 arrays in
-BlinkDL's (in, out) orientation, as model.Layer holds them (no copies): `lora_cols` multiplies
-them a block of output columns at a time, lanes over the columns, sums in the written order.
-Nothing here uses fastmath (the decay's floor relies on exp(-inf) and max(-inf, floor)), so the
-one-core and parallel builds give the same bits.
+(W1, W2, D1, D2 are (out, in): model.Layer holds the LoRA matrices transposed.) Phase 4's WKV
+and ln_x, and 5-7, are v5/decode.py's (`head`, `output_and_channel_mix`). Every matrix, LoRAs
+included (float32), goes through linear.project; the LoRAs' first version here, a loop over
+BlinkDL's (in, out) columns without fastmath, cost 0.4 ms a layer on one core (0.1B shape: a
+v5.2 layer 0.77 ms, a v6 layer 1.16 ms) for 4% more weights. Nothing else uses fastmath (the
+decay's floor relies on exp(-inf) and max(-inf, floor)), so the one-core and parallel builds
+give the same bits.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import exp_nonpositive
-from ..linear import activations
+from ..linear import activations, project
+from ..storage import packed
 from ..v5.decode import (
     ROWS_PER_JOB,
     block,
@@ -50,14 +52,13 @@ _FLOOR = np.float32(LOG_DECAY_FLOOR)
 
 class TokenLayer(NamedTuple):
     """What one RWKV-6 layer's token step reads (model.Layer's fields, ready for Numba): vectors
-    as float32 arrays, LoRA matrices as float32 (in, out) arrays, projections as storage.packed
-    tuples (array, kind, row_scale)."""
+    as float32 arrays, matrices as storage.packed tuples (array, kind, row_scale)."""
     ln1_weight: np.ndarray; ln1_bias: np.ndarray            # (C,)
     maa_x: np.ndarray                                        # (1, C)
     maa: np.ndarray                                          # (5, C): time_maa_w, _k, _v, _r, _g
-    maa_w1: np.ndarray; maa_w2: np.ndarray                  # (C, 5 D_mix), (5, D_mix, C)
+    maa_w1: tuple; maa_w2: tuple                            # (5 D_mix, C), (5 C, D_mix): mix q's rows q C ..
     time_decay: np.ndarray                                   # (C,)
-    decay_w1: np.ndarray; decay_w2: np.ndarray              # (C, D_decay), (D_decay, C)
+    decay_w1: tuple; decay_w2: tuple                        # (D_decay, C), (C, D_decay)
     u: np.ndarray                                            # (H, N) time_faaaa, the bonus
     receptance: tuple; key: tuple; value: tuple; gate: tuple  # (C, C)
     ln_x_weight: np.ndarray; ln_x_bias: np.ndarray          # (C,)
@@ -68,15 +69,10 @@ class TokenLayer(NamedTuple):
 
 
 @njit(inline="always")
-def lora_cols(x, W, y, o0, o1):  # x (B, in), W (in, out) float32, y (B, out)
-    """y[:, o0:o1] = x @ W[:, o0:o1], each output a sum over `in` in order."""
-    for b in range(x.shape[0]):
-        for o in range(o0, o1):
-            y[b, o] = 0
-        for i in range(x.shape[1]):
-            xi = x[b, i]
-            for o in range(o0, o1):
-                y[b, o] += xi * W[i, o]
+def tanh_rows(y, i0, i1):  # y (B, out): y <- tanh(y) in columns i0:i1
+    for b in range(y.shape[0]):
+        for i in range(i0, i1):
+            y[b, i] = np.tanh(y[b, i])
 
 
 @njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions
@@ -84,13 +80,14 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     # x (B, C) float32 in place; att_x, ffn_x (B, L, C), wkv (B, L, H, N, N): layer l in place
     """One layer for B tokens; w its TokenLayer. Called from Python, one core runs the jobs in turn;
     inlined into `_layer_parallel`, every prange (here and in the inlined pieces) is a parallel
-    loop. A job is ROWS_PER_JOB rows (columns of a LoRA matrix) of one product, a head in 4."""
+    loop. A job is ROWS_PER_JOB rows of one matrix (a head in phase 4). The LoRA matrices are
+    float32: their activations are x itself."""
     Wr, Wk, Wv, Wg = w.receptance, w.key, w.value, w.gate         # fields as locals: a parallel
     M1, M2, D1, D2 = w.maa_w1, w.maa_w2, w.decay_w1, w.decay_w2    # loop cannot take the NamedTuple
     maa, time_decay, u, ln_x = w.maa, w.time_decay, w.u, (w.ln_x_weight, w.ln_x_bias)
     B, C = x.shape
     H, N = u.shape
-    Dm, Dd = M2.shape[1], D1.shape[1]
+    Dm, Dd = M2[0].shape[1], D1[0].shape[0]
     f32_ = np.float32
 
     # 0. ln1, and the blend the ddlerp LoRA reads; `last` kept for dx.
@@ -98,30 +95,27 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     xa, mixed = norm_and_mix(x.reshape(B, 1, C), last, w.ln1_weight, w.ln1_bias, eps, w.maa_x)
     keep(att_x, l, xa)
 
-    # 1. m = tanh(xxx W1), then each mix's D_mix columns as a (B, D_mix) array.
+    # 1. m = tanh(xxx W1^T), then each mix's D_mix columns as a (B, D_mix) array.
     m = np.empty((B, 5 * Dm), f32_)
     for job in prange(jobs(5 * Dm)):
-        o0, o1 = job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, 5 * Dm)
-        lora_cols(mixed[0], M1, m, o0, o1)
-        for b in range(B):
-            for o in range(o0, o1):
-                m[b, o] = np.tanh(m[b, o])
+        i0, i1 = block(M1, mixed[0], m, job, C)
+        tanh_rows(m, i0, i1)
     mq = np.empty((5, B, Dm), f32_)
     for q in range(5):
         for b in range(B):
             for d in range(Dm):
                 mq[q, b, d] = m[b, q * Dm + d]
 
-    # 2. x_q = xa + dx (maa_q + m_q W2[q]), rows w, k, v, r, g of xs.
-    off, xs = np.empty((5, B, C), f32_), np.empty((5, B, C), f32_)
+    # 2. x_q = xa + dx (maa_q + m_q W2[q]^T), rows w, k, v, r, g of xs; W2[q] is W2's rows q C ..
+    off, xs = np.empty((B, 5 * C), f32_), np.empty((5, B, C), f32_)
     nc = jobs(C)
     for job in prange(5 * nc):
         q, c0 = job // nc, (job % nc) * ROWS_PER_JOB
         c1 = min(c0 + ROWS_PER_JOB, C)
-        lora_cols(mq[q], M2[q], off[q], c0, c1)
+        project(M2, mq[q], off, q * C + c0, q * C + c1, np.empty(Dm, f32_))
         for b in range(B):
             for c in range(c0, c1):
-                xs[q, b, c] = xa[b, 0, c] + (last[b, c] - xa[b, 0, c]) * (maa[q, c] + off[q, b, c])
+                xs[q, b, c] = xa[b, 0, c] + (last[b, c] - xa[b, 0, c]) * (maa[q, c] + off[b, q * C + c])
 
     # 3. r, k, v, g = silu(x_g Wg^T), h_w = tanh(x_w D1)
     xr, xk, xv, xg = activations(Wr, xs[3]), activations(Wk, xs[1]), activations(Wv, xs[2]), activations(Wg, xs[4])
@@ -138,18 +132,14 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
             i0, i1 = block(Wg, xg, g, job - 3 * nc, C)
             silu_rows(g, i0, i1)
         else:
-            o0 = (job - 4 * nc) * ROWS_PER_JOB
-            o1 = min(o0 + ROWS_PER_JOB, Dd)
-            lora_cols(xs[0], D1, hw, o0, o1)
-            for b in range(B):
-                for o in range(o0, o1):
-                    hw[b, o] = np.tanh(hw[b, o])
+            i0, i1 = block(D1, xs[0], hw, job - 4 * nc, C)
+            tanh_rows(hw, i0, i1)
 
     # 4. Per head: its decays from the decay LoRA's second matrix, the WKV step, ln_x, the gate.
     zw, o = np.empty((B, C), f32_), np.empty((B, C), f32_)
     for h in prange(H):
         c0 = h * N
-        lora_cols(hw, D2, zw, c0, c0 + N)
+        project(D2, hw, zw, c0, c0 + N, np.empty(Dd, f32_))
         y, wt = np.empty(N, f32_), np.empty(N, f32_)
         for b in range(B):
             for j in range(N):   # e^{-e^ww}: e^ww may overflow to inf, the floor keeps λ finite
@@ -171,8 +161,8 @@ def token_layer(lay):
                                  "ffn_value"))
     if matrices is None:
         return None
-    loras = {name: np.ascontiguousarray(getattr(lay, name), np.float32)   # float32 already: no copy
-             for name in ("maa_w1", "maa_w2", "decay_w1", "decay_w2")}
+    loras = {name: packed(getattr(lay, name))[0] for name in ("maa_w1", "decay_w1", "decay_w2")}
+    loras["maa_w2"] = packed(lay.maa_w2.reshape(-1, lay.maa_w2.shape[-1]))[0]  # (5 C, D_mix), a view
     vectors = {"ln1_weight": f32(lay.ln1[0]), "ln1_bias": f32(lay.ln1[1]), "maa_x": f32(lay.maa_x[None]),
                "maa": f32(lay.maa), "time_decay": f32(lay.time_decay), "u": f32(lay.u),
                "ln_x_weight": f32(lay.ln_x[0]), "ln_x_bias": f32(lay.ln_x[1]),

@@ -48,14 +48,16 @@ def _lora_blas(rows: int):
 @dataclass
 class Layer:
     """One RWKV-6 layer's weights, ready to run. Projections are (out, in) in the chosen storage;
-    LoRA matrices (in, out), float in the model's dtype, C-contiguous."""
+    LoRA matrices (out, in) too, float in the model's dtype, C-contiguous: BlinkDL's (in, out)
+    transposed once here, so that token mode multiplies them as it does every matrix
+    (linear.project; rwkv.cpp's files hold them this way already: no copy)."""
     ln1: tuple; ln2: tuple                    # (weight, bias), each (C,)
     maa_x: np.ndarray                         # (C,) the blend the ddlerp LoRA reads
     maa: np.ndarray                           # (5, C) time_maa_w, _k, _v, _r, _g
-    maa_w1: np.ndarray                        # (C, 5 D_mix)
-    maa_w2: np.ndarray                        # (5, D_mix, C)
+    maa_w1: np.ndarray                        # (5 D_mix, C): time_maa_w1 transposed
+    maa_w2: np.ndarray                        # (5, C, D_mix): time_maa_w2, each of the 5 transposed
     time_decay: np.ndarray                    # (C,)
-    decay_w1: np.ndarray; decay_w2: np.ndarray  # (C, D_decay), (D_decay, C)
+    decay_w1: np.ndarray; decay_w2: np.ndarray  # (D_decay, C), (C, D_decay): transposed
     u: np.ndarray                             # (H, N) time_faaaa, the bonus
     receptance: object; key: object; value: object; gate: object; output: object   # (C, C)
     ln_x: tuple                               # (weight, bias), each (C,)
@@ -68,14 +70,15 @@ class Layer:
         vec = lambda name: as_float(p[pre + name], dtype)  # noqa: E731
         flat = lambda name: vec(name).reshape(-1)  # noqa: E731
         pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))  # noqa: E731
-        dense = lambda name: np.ascontiguousarray(vec(name))  # noqa: E731  (rwkv.cpp's arrive as transposed views)
+        dense = lambda name: np.ascontiguousarray(vec(name))  # noqa: E731
+        out_in = lambda name: np.ascontiguousarray(np.swapaxes(vec(name), -1, -2))  # noqa: E731
         att = lambda name: store(p[pre + "attention." + name + ".weight"])  # noqa: E731
         ffn = lambda name: store(p[pre + "feed_forward." + name + ".weight"])  # noqa: E731
         return cls(ln1=pair("ln1"), ln2=pair("ln2"), maa_x=flat("attention.time_maa_x"),
                    maa=np.stack([flat(f"attention.time_maa_{q}") for q in MIXES]),
-                   maa_w1=dense("attention.time_maa_w1"), maa_w2=dense("attention.time_maa_w2"),
-                   time_decay=flat("attention.time_decay"), decay_w1=dense("attention.time_decay_w1"),
-                   decay_w2=dense("attention.time_decay_w2"), u=dense("attention.time_faaaa"),
+                   maa_w1=out_in("attention.time_maa_w1"), maa_w2=out_in("attention.time_maa_w2"),
+                   time_decay=flat("attention.time_decay"), decay_w1=out_in("attention.time_decay_w1"),
+                   decay_w2=out_in("attention.time_decay_w2"), u=dense("attention.time_faaaa"),
                    receptance=att("receptance"), key=att("key"), value=att("value"), gate=att("gate"),
                    output=att("output"), ln_x=pair("attention.ln_x"),
                    ffn_maa=np.stack([flat("feed_forward.time_maa_k"), flat("feed_forward.time_maa_r")]),
@@ -88,10 +91,10 @@ class Layer:
         dx = (token_shift(x, state[ATT_X][:, i]) - x).reshape(B * T, C)         # x_{t-1} - x_t
         x2 = x.reshape(B * T, C)
         with _lora_blas(B * T):
-            m = np.tanh((x2 + dx * self.maa_x) @ self.maa_w1).reshape(B * T, 5, -1)  # ddlerp LoRA, rows w k v r g
-            offsets = np.matmul(m.transpose(1, 0, 2), self.maa_w2)                     # (5, B*T, C)
+            m = np.tanh((x2 + dx * self.maa_x) @ self.maa_w1.T).reshape(B * T, 5, -1)  # ddlerp LoRA, rows w k v r g
+            offsets = np.matmul(m.transpose(1, 0, 2), self.maa_w2.transpose(0, 2, 1))    # (5, B*T, C)
             xw, xk, xv, xr, xg = (x2 + dx * (self.maa[j] + offsets[j]) for j in range(5))
-            ww = self.time_decay + np.tanh(xw @ self.decay_w1) @ self.decay_w2        # (B*T, C)
+            ww = self.time_decay + np.tanh(xw @ self.decay_w1.T) @ self.decay_w2.T      # (B*T, C)
         r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)
         g = silu(linear(xg, self.gate))
         with np.errstate(over="ignore"):
