@@ -232,14 +232,14 @@ def token_layer(lay):
                                  "ffn_receptance", "ffn_value"))
     if matrices is None:
         return None
-    maa = 1 - lay.mix.astype(np.float64)
+    maa = lay.maa
     if lay.gate is None:                       # 5.0: no gate, no time_mix_g (a row never read)
         maa = np.concatenate([maa, maa[:1]])
     vectors = {"ln1_weight": f32(lay.ln1[0]), "ln1_bias": f32(lay.ln1[1]), "maa": f32(maa),
                "decay": f32(np.exp(lay.w_log.astype(np.float64))), "u": f32(lay.u),
                "ln_x_weight": f32(lay.ln_x[0]), "ln_x_bias": f32(lay.ln_x[1]),
                "ln2_weight": f32(lay.ln2[0]), "ln2_bias": f32(lay.ln2[1]),
-               "ffn_maa": f32(1 - lay.ffn_mix.astype(np.float64))}
+               "ffn_maa": f32(lay.ffn_maa)}
     step = _layer_parallel if runs_parallel(lay) else _layer
     return step, TokenLayer(**vectors, **matrices)
 

@@ -26,12 +26,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..linear import SMALL_N, linear
-from ..nn import cross_entropy, group_norm, layer_norm, sigmoid, token_shift
+from ..nn import cross_entropy, layer_norm
 from ..storage import as_float, embed, storage_of
+from ..v7.kernels import norm_and_mix
 from .config import Rwkv5Config
 from .decode import decode, token_layer
-from .kernels import wkv5_forward
 from .names import EMBEDDINGS, HEAD
+from .prompt import relu_square, sigmoid_mul, wkv_norm_gate
 from .reference import decay_and_bonus
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
@@ -57,73 +58,73 @@ class CausalLMOutput:
     feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
 
 
-def silu(x):
-    return x * sigmoid(x)
-
-
-def mixed(x, shifted, mix):  # x, shifted (B, T, C), mix (C,) -> (B*T, C)
-    """x mix + x_{t-1} (1 - mix), the rows of all tokens ready for one matrix product."""
-    return (shifted + (x - shifted) * mix).reshape(-1, x.shape[-1])
+def channel_mix(lay, x, state, i, eps):  # x (B, T, C) the residual stream -> (B, T, C); updates state layer i
+    """reference.channel_mix of ln2(x), RWKV-5's and RWKV-6's (lay.ffn_maa: both as x + (prev - x)
+    maa): sigmoid(xr Fr^T) (relu(xk Fk^T)^2 Fv^T), the elementwise work compiled (prompt.py)."""
+    B, T, C = x.shape
+    xn, (xk, xr) = norm_and_mix(x, np.ascontiguousarray(state[FFN_X][:, i]), *lay.ln2, eps, lay.ffn_maa)
+    key = linear(xk, lay.ffn_key)
+    relu_square(key)
+    out = linear(key, lay.ffn_value)
+    sigmoid_mul(linear(xr, lay.ffn_receptance), out)
+    state[FFN_X][:, i] = xn[:, -1]
+    return out.reshape(B, T, C)
 
 
 @dataclass
 class Layer:
     """One RWKV-5 layer's weights, ready to run. Matrices are (out, in), in the chosen storage."""
     ln1: tuple; ln2: tuple                    # (weight, bias), each (C,)
-    mix: np.ndarray                           # (4 or 3, C): time_mix key, value, receptance (, gate)
+    maa: np.ndarray                           # (4 or 3, C): 1 - time_mix key, value, receptance (, gate)
     key: object; value: object; receptance: object; output: object   # (C, C)
     gate: object                              # (C, C); None in 5.0
     w_log: np.ndarray                         # (H, N) log-decays λ = -exp(time_decay), clamped
     u: np.ndarray                             # (H, N) bonus
     ln_x: tuple                               # (weight, bias), each (C,)
-    ffn_mix: np.ndarray                       # (2, C): feed_forward time_mix key, receptance
+    ffn_maa: np.ndarray                       # (2, C): 1 - feed_forward time_mix key, receptance
     ffn_key: object; ffn_receptance: object; ffn_value: object        # (F, C), (C, C), (C, F)
 
     @classmethod
     def from_tensors(cls, p: dict, i: int, dtype, store, config) -> Layer:
         pre = f"rwkv.blocks.{i}."
-        vec = lambda name: as_float(p[pre + name], dtype)  # noqa: E731
-        pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))  # noqa: E731
+        vec = lambda name: as_float(p[pre + name], dtype)
+        pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))
+        # RWKV-5's blend prev + (x - prev) time_mix is x + (prev - x) maa with maa = 1 - time_mix
+        # (taken in float64): RWKV-6's and RWKV-7's form, the one norm_and_mix computes
+        maa = lambda ns: np.stack([1 - as_float(p[pre + n], np.float64).reshape(-1) for n in ns]).astype(dtype)
         names = ("key", "value", "receptance", "gate") if config.gated else ("key", "value", "receptance")
         bonus = "time_faaaa" if config.variant == "5.2" else "time_first"
         w_log, u = decay_and_bonus(as_float(p[pre + "attention.time_decay"], np.float64), config.num_heads,
                                    config.head_size, **{bonus: as_float(p[pre + "attention." + bonus], np.float64)})
         return cls(ln1=pair("ln1"), ln2=pair("ln2"),
-                   mix=np.stack([vec(f"attention.time_mix_{m}").reshape(-1) for m in names]),
+                   maa=maa([f"attention.time_mix_{m}" for m in names]),
                    key=store(p[pre + "attention.key.weight"]), value=store(p[pre + "attention.value.weight"]),
                    receptance=store(p[pre + "attention.receptance.weight"]),
                    output=store(p[pre + "attention.output.weight"]),
                    gate=store(p[pre + "attention.gate.weight"]) if config.gated else None,
                    w_log=np.array(w_log, dtype), u=np.array(u, dtype), ln_x=pair("attention.ln_x"),
-                   ffn_mix=np.stack([vec(f"feed_forward.time_mix_{m}").reshape(-1) for m in ("key", "receptance")]),
+                   ffn_maa=maa([f"feed_forward.time_mix_{m}" for m in ("key", "receptance")]),
                    ffn_key=store(p[pre + "feed_forward.key.weight"]),
                    ffn_receptance=store(p[pre + "feed_forward.receptance.weight"]),
                    ffn_value=store(p[pre + "feed_forward.value.weight"]))
 
-    def time_mix(self, x, state, i, eps):  # x (B, T, C) the ln1 output -> (B, T, C); updates state layer i
-        """reference.time_mix with every product over all B*T rows at once (see its equations)."""
+    def time_mix(self, x, state, i, eps, gn_eps):  # x (B, T, C) the residual stream -> (B, T, C)
+        # updates state layer i
+        """reference.time_mix of ln1(x) with every product over all B*T rows at once (see its
+        equations), the elementwise work compiled (prompt.py): ln1 and the blends, then the WKV,
+        ln_x and the gate in one kernel."""
         B, T, C = x.shape
-        H, N = self.u.shape
-        shifted = token_shift(x, state[ATT_X][:, i])
-        xk, xv, xr = (mixed(x, shifted, m) for m in self.mix[:3])
-        r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)  # (B*T, C)
-        heads = lambda z: z.reshape(B, T, H, N)  # noqa: E731
-        y, state[WKV][:, i] = wkv5_forward(heads(r), np.broadcast_to(self.w_log, (B, T, H, N)), heads(k),
-                                           heads(v), self.u, state[WKV][:, i])
-        y = group_norm(y.reshape(B, T, C), *self.ln_x, heads=H, eps=eps).reshape(B * T, C)
-        if self.gate is not None:
-            y = y * silu(linear(mixed(x, shifted, self.mix[3]), self.gate))
-        state[ATT_X][:, i] = x[:, -1]
+        last = np.ascontiguousarray(state[ATT_X][:, i])
+        xn, mixes = norm_and_mix(x, last, *self.ln1, eps, self.maa)   # key, value, receptance (, gate)
+        r, k, v = linear(mixes[2], self.receptance), linear(mixes[0], self.key), linear(mixes[1], self.value)
+        g = None if self.gate is None else linear(mixes[3], self.gate)      # (B*T, C), silu in the kernel
+        y, state[WKV][:, i] = wkv_norm_gate(r, k, v, self.u, state[WKV][:, i], self.ln_x, gn_eps,
+                                            w_log=self.w_log, g=g)
+        state[ATT_X][:, i] = xn[:, -1]
         return linear(y, self.output).reshape(B, T, C)
 
-    def channel_mix(self, x, state, i):  # x (B, T, C) the ln2 output -> (B, T, C); updates state layer i
-        B, T, C = x.shape
-        shifted = token_shift(x, state[FFN_X][:, i])
-        xk, xr = (mixed(x, shifted, m) for m in self.ffn_mix)
-        key = np.maximum(linear(xk, self.ffn_key), 0)
-        key *= key
-        state[FFN_X][:, i] = x[:, -1]
-        return (sigmoid(linear(xr, self.ffn_receptance)) * linear(key, self.ffn_value)).reshape(B, T, C)
+    def channel_mix(self, x, state, i, eps):  # x (B, T, C) the residual stream -> (B, T, C); updates state layer i
+        return channel_mix(self, x, state, i, eps)
 
     def token_layer(self):  # -> (step, decode.TokenLayer), or None where token mode does not apply
         return token_layer(self)
@@ -207,9 +208,9 @@ class Rwkv5Model:
             x = decode(self.token_layers, x[:, 0], state, eps, gn_eps)[:, None]
         else:
             for i, lay in enumerate(self.layers):
-                att = lay.time_mix(layer_norm(x, *lay.ln1, eps), state, i, gn_eps)
+                att = lay.time_mix(x, state, i, eps, gn_eps)
                 x = x + att
-                ffn = lay.channel_mix(layer_norm(x, *lay.ln2, eps), state, i)
+                ffn = lay.channel_mix(x, state, i, eps)
                 x = x + ffn
                 if output_hidden_states:
                     hidden.append(x)

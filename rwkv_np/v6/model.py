@@ -24,12 +24,11 @@ import numpy as np
 
 from .. import threads
 from ..linear import linear
-from ..nn import group_norm, sigmoid, token_shift
 from ..storage import as_float
-from ..v5.kernels import wkv5_forward
-from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, silu
-from ..v5.state import ATT_X, FFN_X, WKV
-from ..v5.wkv import clamp_log_decay
+from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, channel_mix
+from ..v5.prompt import ddlerp, wkv_norm_gate
+from ..v5.state import ATT_X, WKV
+from ..v7.kernels import norm_and_mix
 from .config import Rwkv6Config
 from .decode import token_layer
 from .names import MIXES
@@ -67,13 +66,13 @@ class Layer:
     @classmethod
     def from_tensors(cls, p: dict, i: int, dtype, store, config) -> Layer:
         pre = f"rwkv.blocks.{i}."
-        vec = lambda name: as_float(p[pre + name], dtype)  # noqa: E731
-        flat = lambda name: vec(name).reshape(-1)  # noqa: E731
-        pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))  # noqa: E731
-        dense = lambda name: np.ascontiguousarray(vec(name))  # noqa: E731
-        out_in = lambda name: np.ascontiguousarray(np.swapaxes(vec(name), -1, -2))  # noqa: E731
-        att = lambda name: store(p[pre + "attention." + name + ".weight"])  # noqa: E731
-        ffn = lambda name: store(p[pre + "feed_forward." + name + ".weight"])  # noqa: E731
+        vec = lambda name: as_float(p[pre + name], dtype)
+        flat = lambda name: vec(name).reshape(-1)
+        pair = lambda name: (vec(name + ".weight"), vec(name + ".bias"))
+        dense = lambda name: np.ascontiguousarray(vec(name))
+        out_in = lambda name: np.ascontiguousarray(np.swapaxes(vec(name), -1, -2))
+        att = lambda name: store(p[pre + "attention." + name + ".weight"])
+        ffn = lambda name: store(p[pre + "feed_forward." + name + ".weight"])
         return cls(ln1=pair("ln1"), ln2=pair("ln2"), maa_x=flat("attention.time_maa_x"),
                    maa=np.stack([flat(f"attention.time_maa_{q}") for q in MIXES]),
                    maa_w1=out_in("attention.time_maa_w1"), maa_w2=out_in("attention.time_maa_w2"),
@@ -84,35 +83,31 @@ class Layer:
                    ffn_maa=np.stack([flat("feed_forward.time_maa_k"), flat("feed_forward.time_maa_r")]),
                    ffn_key=ffn("key"), ffn_receptance=ffn("receptance"), ffn_value=ffn("value"))
 
-    def time_mix(self, x, state, i, eps):  # x (B, T, C) the ln1 output -> (B, T, C); updates state layer i
-        """reference.time_mix with every product over all B*T rows at once (see its equations)."""
+    def time_mix(self, x, state, i, eps, gn_eps):  # x (B, T, C) the residual stream -> (B, T, C)
+        # updates state layer i
+        """reference.time_mix of ln1(x) with every product over all B*T rows at once (see its
+        equations), the elementwise work compiled (v5/prompt.py): ln1 and the LoRA's blend, the five
+        ddlerp blends, then the decays, the WKV, ln_x and the gate in one kernel."""
         B, T, C = x.shape
-        H, N = self.u.shape
-        dx = (token_shift(x, state[ATT_X][:, i]) - x).reshape(B * T, C)         # x_{t-1} - x_t
-        x2 = x.reshape(B * T, C)
+        last = np.ascontiguousarray(state[ATT_X][:, i])
+        xn, (xx,) = norm_and_mix(x, last, *self.ln1, eps, self.maa_x[None])  # xx = x + dx maa_x
         with _lora_blas(B * T):
-            m = np.tanh((x2 + dx * self.maa_x) @ self.maa_w1.T).reshape(B * T, 5, -1)  # ddlerp LoRA, rows w k v r g
-            offsets = np.matmul(m.transpose(1, 0, 2), self.maa_w2.transpose(0, 2, 1))    # (5, B*T, C)
-            xw, xk, xv, xr, xg = (x2 + dx * (self.maa[j] + offsets[j]) for j in range(5))
-            ww = self.time_decay + np.tanh(xw @ self.decay_w1.T) @ self.decay_w2.T      # (B*T, C)
-        r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)
-        g = silu(linear(xg, self.gate))
+            m = np.tanh(xx @ self.maa_w1.T).reshape(B * T, 5, -1)                  # ddlerp LoRA, rows w k v r g
+            mixes = np.matmul(m.transpose(1, 0, 2), self.maa_w2.transpose(0, 2, 1))  # offsets (5, B*T, C)
+            ddlerp(xn, last, self.maa, mixes)                      # -> x + dx (maa_j + offset_j), in place
+            xw, xk, xv, xr, xg = mixes
+            ww = np.tanh(xw @ self.decay_w1.T) @ self.decay_w2.T                   # (B*T, C)
+            ww += self.time_decay
         with np.errstate(over="ignore"):
-            w_log = clamp_log_decay(-np.exp(ww))                                   # λ_t, finite
-        heads = lambda z: z.reshape(B, T, H, N)  # noqa: E731
-        y, state[WKV][:, i] = wkv5_forward(heads(r), heads(w_log), heads(k), heads(v), self.u, state[WKV][:, i])
-        y = group_norm(y.reshape(B, T, C), *self.ln_x, heads=H, eps=eps).reshape(B * T, C)
-        state[ATT_X][:, i] = x[:, -1]
-        return linear(y * g, self.output).reshape(B, T, C)
+            lam = np.negative(np.exp(ww, out=ww), out=ww)          # λ_t = -e^{ww_t}, floored in the kernel
+        r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)
+        g = linear(xg, self.gate)                                                   # silu in the kernel
+        y, state[WKV][:, i] = wkv_norm_gate(r, k, v, self.u, state[WKV][:, i], self.ln_x, gn_eps, lam=lam, g=g)
+        state[ATT_X][:, i] = xn[:, -1]
+        return linear(y, self.output).reshape(B, T, C)
 
-    def channel_mix(self, x, state, i):  # x (B, T, C) the ln2 output -> (B, T, C); updates state layer i
-        B, T, C = x.shape
-        dx = token_shift(x, state[FFN_X][:, i]) - x
-        xk, xr = ((x + dx * m).reshape(B * T, C) for m in self.ffn_maa)
-        key = np.maximum(linear(xk, self.ffn_key), 0)
-        key *= key
-        state[FFN_X][:, i] = x[:, -1]
-        return (sigmoid(linear(xr, self.ffn_receptance)) * linear(key, self.ffn_value)).reshape(B, T, C)
+    def channel_mix(self, x, state, i, eps):  # x (B, T, C) the residual stream -> (B, T, C); updates state layer i
+        return channel_mix(self, x, state, i, eps)
 
     def token_layer(self):  # -> (step, decode.TokenLayer), or None where token mode does not apply
         return token_layer(self)
