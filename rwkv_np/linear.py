@@ -336,8 +336,8 @@ def _rows(W, r0, r1, n_in):  # rows r0:r1 of a packed weight as float32: a view 
     return out
 
 
-def _gemm(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> (N, out) in x's dtype
-    """y = x @ W.T by BLAS on blocks of W's rows, the blocks split between the threads."""
+def _gemm_tasks(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> y (N, out), [task]
+    """y = x @ W.T by BLAS on blocks of W's rows: y, unfilled, and the blocks as calls that fill it."""
     (N, n_in), out = x.shape, W[0].shape[0]
     threads = numba.get_num_threads()  # the calling thread's count (set_threads)
     tasks = 1 if threads == 1 else min(threads, max(1, 2 * N * n_in * out // _TASK_FLOPS))
@@ -349,22 +349,25 @@ def _gemm(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> (
         for s0 in range(r0, min(out, r0 + rows), step):
             s1 = min(out, r0 + rows, s0 + step)
             np.matmul(x, _rows(W, s0, s1, n_in).T, out=y[:, s0:s1])
+    return y, [lambda r0=r0: block(r0) for r0 in range(0, out, rows)]
 
+
+def _run(tasks):  # the blocks of one or more products, split between the threads, BLAS on one each
+    threads = numba.get_num_threads()
     with blas_single_thread():
-        if out <= rows:
-            block(0)
+        if len(tasks) == 1 or threads == 1:
+            for task in tasks:
+                task()
         else:
             if threads not in _pools:
                 _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="rwkv_np-gemm")
-            for _ in _pools[threads].map(block, range(0, out, rows)):
+            for _ in _pools[threads].map(lambda task: task(), tasks):
                 pass
-    return y
 
 
 # ---------------------------------------------------------------- the entry points
 
-def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> (N, out)
-    """y = x @ W.T in x's dtype (float32 or float64), W as returned by `prepare_weight`."""
+def _operand(x, W):  # x (N, in), W stored (out, in) -> x as the kernels take it, W packed
     if x.ndim != 2 or x.shape[1] != W.shape[1]:
         raise InputError(f"linear: x of shape {x.shape} does not fit a weight of shape {W.shape}")
     if x.dtype not in (np.float32, np.float64):
@@ -372,13 +375,36 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
     Wt, col_scale = packed(W)
     if col_scale is not None:
         x = x * col_scale.astype(x.dtype, copy=False)
-    x = np.ascontiguousarray(x)
+    return np.ascontiguousarray(x), Wt
+
+
+def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> (N, out)
+    """y = x @ W.T in x's dtype (float32 or float64), W as returned by `prepare_weight`."""
+    x, Wt = _operand(x, W)
     N = x.shape[0]
     if N > SMALL_N:
-        return _gemm(x, Wt)
+        y, tasks = _gemm_tasks(x, Wt)
+        _run(tasks)
+        return y
     y = np.empty((N, W.shape[0]), x.dtype)
     if N > 0:
         parallel = W.shape[0] * W.shape[1] >= PARALLEL_MIN_WEIGHTS
         blocks = 16 * numba.get_num_threads()
         (_project_all_parallel if parallel else _project_all)(Wt, x, y, blocks)
     return y
+
+
+def linear_many(pairs) -> list:  # [(x (N, in), W (out, in)), ...] -> [(N, out), ...]
+    """[linear(x, W) for x, W in pairs], the same numbers, with the BLAS blocks of all the products
+    in one batch of pool tasks: independent products of a layer (RWKV-5/6's r, k, v, g, each of
+    its own input) wait for the threads once, not once each, and small ones (a LoRA's) that
+    `linear` runs on one thread share the cores."""
+    if any(x.shape[0] <= SMALL_N for x, _ in pairs):
+        return [linear(x, W) for x, W in pairs]
+    ys, tasks = [], []
+    for x, Wt in (_operand(x, W) for x, W in pairs):
+        y, t = _gemm_tasks(x, Wt)
+        ys.append(y)
+        tasks += t
+    _run(tasks)
+    return ys

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..linear import SMALL_N, linear
+from ..linear import SMALL_N, linear, linear_many
 from ..nn import cross_entropy, layer_norm
 from ..storage import as_float, embed, storage_of
 from ..v7.kernels import norm_and_mix
@@ -63,10 +63,10 @@ def channel_mix(lay, x, state, i, eps):  # x (B, T, C) the residual stream -> (B
     maa): sigmoid(xr Fr^T) (relu(xk Fk^T)^2 Fv^T), the elementwise work compiled (prompt.py)."""
     B, T, C = x.shape
     xn, (xk, xr) = norm_and_mix(x, np.ascontiguousarray(state[FFN_X][:, i]), *lay.ln2, eps, lay.ffn_maa)
-    key = linear(xk, lay.ffn_key)
+    key, rr = linear_many([(xk, lay.ffn_key), (xr, lay.ffn_receptance)])
     relu_square(key)
     out = linear(key, lay.ffn_value)
-    sigmoid_mul(linear(xr, lay.ffn_receptance), out)
+    sigmoid_mul(rr, out)
     state[FFN_X][:, i] = xn[:, -1]
     return out.reshape(B, T, C)
 
@@ -116,10 +116,10 @@ class Layer:
         B, T, C = x.shape
         last = np.ascontiguousarray(state[ATT_X][:, i])
         xn, mixes = norm_and_mix(x, last, *self.ln1, eps, self.maa)   # key, value, receptance (, gate)
-        r, k, v = linear(mixes[2], self.receptance), linear(mixes[0], self.key), linear(mixes[1], self.value)
-        g = None if self.gate is None else linear(mixes[3], self.gate)      # (B*T, C), silu in the kernel
+        r, k, v, *g = linear_many([(mixes[2], self.receptance), (mixes[0], self.key), (mixes[1], self.value)]
+                                  + ([(mixes[3], self.gate)] if self.gate is not None else []))  # g: silu in the kernel
         y, state[WKV][:, i] = wkv_norm_gate(r, k, v, self.u, state[WKV][:, i], self.ln_x, gn_eps,
-                                            w_log=self.w_log, g=g)
+                                            w_log=self.w_log, g=g[0] if g else None)
         state[ATT_X][:, i] = xn[:, -1]
         return linear(y, self.output).reshape(B, T, C)
 

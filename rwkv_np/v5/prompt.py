@@ -26,7 +26,7 @@ from .wkv import LOG_DECAY_FLOOR
 
 
 @numba.njit(cache=True)
-def ddlerp(xn, last, maa, offsets):  # xn (B, T, C), last (B, C), maa (5, C), offsets (5, B*T, C) in place
+def ddlerp(xn, last, maa, offsets):  # xn (B, T, C), last (B, C), maa (5, C), offsets 5 of (B*T, C) in place
     """RWKV-6's five blends, in place of their LoRA offsets: x_j = xn + dx (maa_j + offset_j),
     dx = x_{t-1} - x_t (reference.time_mix; rows w, k, v, r, g)."""
     B, T, C = xn.shape
@@ -35,8 +35,9 @@ def ddlerp(xn, last, maa, offsets):  # xn (B, T, C), last (B, C), maa (5, C), of
         prev = last[b] if t == 0 else xn[b, t - 1]
         cur = xn[b, t]
         for q in range(5):
+            o = offsets[q]
             for j in range(C):
-                offsets[q, bt, j] = cur[j] + (prev[j] - cur[j]) * (maa[q, j] + offsets[q, bt, j])
+                o[bt, j] = cur[j] + (prev[j] - cur[j]) * (maa[q, j] + o[bt, j])
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")

@@ -17,13 +17,11 @@ The trunk, head, state and call signature are RWKV-5's (v5/model.py); only the l
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import threads
-from ..linear import linear
+from ..linear import linear, linear_many
 from ..storage import as_float
 from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, channel_mix
 from ..v5.prompt import ddlerp, wkv_norm_gate
@@ -32,16 +30,6 @@ from ..v7.kernels import norm_and_mix
 from .config import Rwkv6Config
 from .decode import token_layer
 from .names import MIXES
-
-
-def _lora_blas(rows: int):
-    """The context the LoRA products of `rows` tokens run in: numpy's OpenBLAS on one thread for
-    a prompt (threads.blas_single_thread, where this rwkv_np has it). The products are small
-    (256 x 768 @ 768 x 160), and OpenBLAS's second thread, spinning against Numba's OpenMP
-    threads and linear.py's pool between them, made them slow: v6 0.1B shape, T = 256, 2 cores
-    (shared): 1.55 s with OpenBLAS on 2 threads, 1.08 s on 1. A token (rows 1) is left alone."""
-    single = getattr(threads, "blas_single_thread", None)
-    return single() if single is not None and rows > 1 else contextlib.nullcontext()
 
 
 @dataclass
@@ -91,17 +79,17 @@ class Layer:
         B, T, C = x.shape
         last = np.ascontiguousarray(state[ATT_X][:, i])
         xn, (xx,) = norm_and_mix(x, last, *self.ln1, eps, self.maa_x[None])  # xx = x + dx maa_x
-        with _lora_blas(B * T):
-            m = np.tanh(xx @ self.maa_w1.T).reshape(B * T, 5, -1)                  # ddlerp LoRA, rows w k v r g
-            mixes = np.matmul(m.transpose(1, 0, 2), self.maa_w2.transpose(0, 2, 1))  # offsets (5, B*T, C)
-            ddlerp(xn, last, self.maa, mixes)                      # -> x + dx (maa_j + offset_j), in place
-            xw, xk, xv, xr, xg = mixes
-            ww = np.tanh(xw @ self.decay_w1.T) @ self.decay_w2.T                   # (B*T, C)
-            ww += self.time_decay
+        m = np.tanh(linear(xx, self.maa_w1))                   # ddlerp LoRA (B*T, 5 D_mix), columns w k v r g
+        D = m.shape[1] // 5
+        mixes = linear_many([(m[:, q * D:(q + 1) * D], self.maa_w2[q]) for q in range(5)])  # 5 offsets (B*T, C)
+        ddlerp(xn, last, self.maa, tuple(mixes))               # -> x + dx (maa_q + offset_q), in place
+        xw, xk, xv, xr, xg = mixes
+        r, k, v, g, zw = linear_many([(xr, self.receptance), (xk, self.key), (xv, self.value), (xg, self.gate),
+                                      (xw, self.decay_w1)])    # g: silu in the kernel
+        ww = linear(np.tanh(zw, out=zw), self.decay_w2)        # decay LoRA
+        ww += self.time_decay
         with np.errstate(over="ignore"):
-            lam = np.negative(np.exp(ww, out=ww), out=ww)          # λ_t = -e^{ww_t}, floored in the kernel
-        r, k, v = linear(xr, self.receptance), linear(xk, self.key), linear(xv, self.value)
-        g = linear(xg, self.gate)                                                   # silu in the kernel
+            lam = np.negative(np.exp(ww, out=ww), out=ww)      # λ_t = -e^{ww_t}, floored in the kernel
         y, state[WKV][:, i] = wkv_norm_gate(r, k, v, self.u, state[WKV][:, i], self.ln_x, gn_eps, lam=lam, g=g)
         state[ATT_X][:, i] = xn[:, -1]
         return linear(y, self.output).reshape(B, T, C)
