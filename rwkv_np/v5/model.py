@@ -28,11 +28,10 @@ from ..errors import InputError
 from ..linear import SMALL_N, linear, linear_many
 from ..nn import cross_entropy, layer_norm
 from ..storage import as_float, embed, storage_of
-from ..v7.kernels import norm_and_mix
 from .config import Rwkv5Config
 from .decode import decode, token_layer
 from .names import EMBEDDINGS, HEAD
-from .prompt import relu_square, sigmoid_mul, wkv_norm_gate
+from .prompt import norm_and_mix_rows, relu_square, sigmoid_mul, wkv_norm_gate
 from .reference import decay_and_bonus
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
@@ -62,7 +61,7 @@ def channel_mix(lay, x, state, i, eps):  # x (B, T, C) the residual stream -> (B
     """reference.channel_mix of ln2(x), RWKV-5's and RWKV-6's (lay.ffn_maa: both as x + (prev - x)
     maa): sigmoid(xr Fr^T) (relu(xk Fk^T)^2 Fv^T), the elementwise work compiled (prompt.py)."""
     B, T, C = x.shape
-    xn, (xk, xr) = norm_and_mix(x, np.ascontiguousarray(state[FFN_X][:, i]), *lay.ln2, eps, lay.ffn_maa)
+    xn, (xk, xr) = norm_and_mix_rows(x, np.ascontiguousarray(state[FFN_X][:, i]), *lay.ln2, eps, lay.ffn_maa)
     key, rr = linear_many([(xk, lay.ffn_key), (xr, lay.ffn_receptance)])
     relu_square(key)
     out = linear(key, lay.ffn_value)
@@ -115,7 +114,7 @@ class Layer:
         ln_x and the gate in one kernel."""
         B, T, C = x.shape
         last = np.ascontiguousarray(state[ATT_X][:, i])
-        xn, mixes = norm_and_mix(x, last, *self.ln1, eps, self.maa)   # key, value, receptance (, gate)
+        xn, mixes = norm_and_mix_rows(x, last, *self.ln1, eps, self.maa)   # key, value, receptance (, gate)
         r, k, v, *g = linear_many([(mixes[2], self.receptance), (mixes[0], self.key), (mixes[1], self.value)]
                                   + ([(mixes[3], self.gate)] if self.gate is not None else []))  # g: silu in the kernel
         y, state[WKV][:, i] = wkv_norm_gate(r, k, v, self.u, state[WKV][:, i], self.ln_x, gn_eps,

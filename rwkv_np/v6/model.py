@@ -24,9 +24,8 @@ import numpy as np
 from ..linear import linear, linear_many
 from ..storage import as_float
 from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, channel_mix
-from ..v5.prompt import ddlerp, wkv_norm_gate
+from ..v5.prompt import ddlerp, norm_and_mix_rows, wkv_norm_gate
 from ..v5.state import ATT_X, WKV
-from ..v7.kernels import norm_and_mix
 from .config import Rwkv6Config
 from .decode import token_layer
 from .names import MIXES
@@ -78,7 +77,7 @@ class Layer:
         ddlerp blends, then the decays, the WKV, ln_x and the gate in one kernel."""
         B, T, C = x.shape
         last = np.ascontiguousarray(state[ATT_X][:, i])
-        xn, (xx,) = norm_and_mix(x, last, *self.ln1, eps, self.maa_x[None])  # xx = x + dx maa_x
+        xn, (xx,) = norm_and_mix_rows(x, last, *self.ln1, eps, self.maa_x[None])  # xx = x + dx maa_x
         m = np.tanh(linear(xx, self.maa_w1))                   # ddlerp LoRA (B*T, 5 D_mix), columns w k v r g
         D = m.shape[1] // 5
         mixes = linear_many([(m[:, q * D:(q + 1) * D], self.maa_w2[q]) for q in range(5)])  # 5 offsets (B*T, C)
