@@ -19,19 +19,40 @@ import numpy as np
 @numba.njit(inline="always")
 def wkv5_step(S, r, k, v, w, u, y):  # S (N, N) [key][value] in place; r, k, v, w, u, y (N,)
     """One token of one head: y_j = Σ_i r_i (S_ij + u_i k_i v_j), then S_ij <- w_i S_ij + k_i v_j.
-    Rows of S in turn (the sum over i in the written order), the value index j innermost: the
-    prompt kernel below and token mode (decode.py) run this same loop."""
+    The prompt kernels and token mode (decode.py) all run this loop. Written as
+
+        y_j = (Σ_i r_i u_i k_i) v_j + Σ_i r_i S_ij
+
+    (the bonus is one number per token), with the rows of S taken four at a time, the value index j
+    innermost: each pass loads and stores y once for four rows of S, where one row per pass made
+    y's loads and stores outnumber S's (one core, T = 256, H = 12, N = 64: 1.57 -> 1.30 ms). Sums
+    in the written order (no fastmath): the same bits in every build."""
     N = S.shape[0]
+    a = r[0] * (u[0] * k[0])
+    for i in range(1, N):
+        a += r[i] * (u[i] * k[i])                 # Σ_i r_i u_i k_i
     for j in range(N):
-        y[j] = 0
-    for i in range(N):
-        ri, ki, wi = r[i], k[i], w[i]
-        bonus = u[i] * ki                # u_i k_i: this token's own weight
-        row = S[i]
+        y[j] = a * v[j]
+    i = 0
+    while i + 4 <= N:
+        r0, r1, r2, r3 = r[i], r[i + 1], r[i + 2], r[i + 3]
+        k0, k1, k2, k3 = k[i], k[i + 1], k[i + 2], k[i + 3]
+        w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+        S0, S1, S2, S3 = S[i], S[i + 1], S[i + 2], S[i + 3]
+        for j in range(N):
+            s0, s1, s2, s3, vj = S0[j], S1[j], S2[j], S3[j], v[j]
+            y[j] += (r0 * s0 + r1 * s1) + (r2 * s2 + r3 * s3)     # Σ_i r_i S_ij, four rows
+            S0[j] = w0 * s0 + k0 * vj                               # w_i S_ij + k_i v_j
+            S1[j] = w1 * s1 + k1 * vj
+            S2[j] = w2 * s2 + k2 * vj
+            S3[j] = w3 * s3 + k3 * vj
+        i += 4
+    for rest in range(i, N):                      # N not a multiple of 4: the last rows one by one
+        ri, ki, wi, row = r[rest], k[rest], w[rest], S[rest]
         for j in range(N):
             s = row[j]
-            y[j] += ri * (s + bonus * v[j])          # r_i (S[i][j] + u_i k_i v_j)
-            row[j] = wi * s + ki * v[j]              # w_i S[i][j] + k_i v_j
+            y[j] += ri * s
+            row[j] = wi * s + ki * v[j]
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
