@@ -28,10 +28,11 @@ from ..errors import InputError
 from ..linear import SMALL_N, linear, linear_many
 from ..nn import cross_entropy, layer_norm
 from ..storage import as_float, embed, storage_of
+from ..v7.kernels import norm_and_mix_rows
 from .config import Rwkv5Config
 from .decode import decode, token_layer
 from .names import EMBEDDINGS, HEAD
-from .prompt import norm_and_mix_rows, relu_square, sigmoid_mul, wkv_norm_gate
+from .prompt import relu_square, sigmoid_mul, wkv_norm_gate
 from .reference import decay_and_bonus
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 

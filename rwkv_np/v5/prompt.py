@@ -1,10 +1,9 @@
 """The elementwise work of an RWKV-5/6 prompt, compiled: what model.py (v5 and v6) runs between
 its matrix products when T > 1 (token mode has decode.py).
 
-Kernels that replace some thirty NumPy passes (and their temporaries) per layer:
+Kernels that replace some thirty NumPy passes (and their temporaries) per layer, beside
+v7/kernels.norm_and_mix_rows (layer_norm(x) and its token-shift blends, the tokens over the cores):
 
-    norm_and_mix_rows  layer_norm(x) and its token-shift blends: v7/kernels.norm_and_mix (as token
-                 mode runs it) with the tokens over the cores
     ddlerp       RWKV-6's data-dependent blends of the five inputs       (after its LoRA)
     wkv_norm_gate  the WKV-5 recurrence, then per token and head ln_x (a group norm) and the
                  gate silu(g), so that y leaves the kernel ready for the output product
@@ -24,39 +23,6 @@ import numpy as np
 from ..exp import exp_nonpositive, sigmoid
 from .kernels import PARALLEL_MIN_WORK, wkv5_step
 from .wkv import LOG_DECAY_FLOOR
-
-
-@numba.njit(parallel=True, cache=True)
-def norm_and_mix_rows(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C), mixes (K, C)
-    # -> xn (B, T, C), mixed (K, B*T, C)
-    """v7/kernels.norm_and_mix with the tokens split between the cores: the same loops, so the
-    same bits (no sum crosses a row). xn = layer_norm(x), then per mix m: xn + (prev - xn) m,
-    prev = xn one token earlier (last at t = 0). norm_and_mix runs on one core because a token's
-    few rows would not pay for waking the threads; a prompt's B*T rows (T = 256: 0.5-0.8 ms a
-    call, four dozen calls) do."""
-    B, T, C = x.shape
-    xn = np.empty_like(x)
-    for bt in numba.prange(B * T):
-        b, t = bt // T, bt % T
-        mean = 0.0
-        for j in range(C):
-            mean += x[b, t, j]
-        mean /= C
-        var = 0.0
-        for j in range(C):
-            var += (x[b, t, j] - mean) ** 2
-        inv = 1.0 / np.sqrt(var / C + eps)                     # 1 / sqrt(var + eps)
-        for j in range(C):
-            xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
-    out = np.empty((mixes.shape[0], B * T, C), x.dtype)
-    for bt in numba.prange(B * T):
-        b, t = bt // T, bt % T
-        prev = last[b] if t == 0 else xn[b, t - 1]
-        cur = xn[b, t]
-        for k in range(mixes.shape[0]):
-            for j in range(C):
-                out[k, bt, j] = cur[j] + (prev[j] - cur[j]) * mixes[k, j]
-    return xn, out
 
 
 @numba.njit(parallel=True, cache=True)

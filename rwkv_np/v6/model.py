@@ -24,8 +24,9 @@ import numpy as np
 from ..linear import linear, linear_many
 from ..storage import as_float
 from ..v5.model import Rwkv5ForCausalLM, Rwkv5Model, channel_mix
-from ..v5.prompt import ddlerp, norm_and_mix_rows, wkv_norm_gate
+from ..v5.prompt import ddlerp, wkv_norm_gate
 from ..v5.state import ATT_X, WKV
+from ..v7.kernels import norm_and_mix_rows
 from .config import Rwkv6Config
 from .decode import token_layer
 from .names import MIXES

@@ -109,8 +109,8 @@ def wkv7_forward(r, w_log, k, v, a, b, state=None):  # (B, T, H, N) x 6, state (
     return y, S
 
 
-@numba.njit(cache=True)
-def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C), mixes (K, C)
+@numba.njit(inline="always")
+def _norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C), mixes (K, C)
     # -> xn (B, T, C), mixed (K, B*T, C)
     """xn = layer_norm(x), and for each of the K token-shift mixes m (reference.time_mix)
 
@@ -119,10 +119,11 @@ def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C)
     in one compiled pass instead of a dozen NumPy temporaries; statistics in float64, the rest in
     x's dtype. The prompt path (model.py) and token mode (decode.py) both run it, for the six
     time-mix blends (r, w, k, v, a, g) and the channel mix's one. Serial: a few hundred
-    microseconds at T = 256, and a parallel region would wake threads for it."""
+    microseconds at T = 256, and a parallel region would wake threads for it. norm_and_mix_rows:
+    the same loops over the cores (no sum crosses a row, so the same bits), for RWKV-5/6 prompts."""
     B, T, C = x.shape
     xn = np.empty_like(x)
-    for bt in range(B * T):
+    for bt in numba.prange(B * T):
         b, t = bt // T, bt % T
         mean = 0.0
         for j in range(C):
@@ -135,7 +136,7 @@ def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C)
         for j in range(C):
             xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
     out = np.empty((mixes.shape[0], B * T, C), x.dtype)
-    for bt in range(B * T):
+    for bt in numba.prange(B * T):
         b, t = bt // T, bt % T
         prev = last[b] if t == 0 else xn[b, t - 1]
         cur = xn[b, t]
@@ -143,6 +144,16 @@ def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C)
             for j in range(C):
                 out[k, bt, j] = cur[j] + (prev[j] - cur[j]) * mixes[k, j]
     return xn, out
+
+
+@numba.njit(cache=True)
+def norm_and_mix(x, last, weight, bias, eps, mixes):  # one core: token mode's few rows
+    return _norm_and_mix(x, last, weight, bias, eps, mixes)
+
+
+@numba.njit(parallel=True, cache=True)
+def norm_and_mix_rows(x, last, weight, bias, eps, mixes):  # the rows over the cores: prompts
+    return _norm_and_mix(x, last, weight, bias, eps, mixes)
 
 
 # ---------------------------------------------------------------- around the WKV, per head and token
