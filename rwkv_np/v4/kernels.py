@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 from ..exp import exp_nonpositive as _exp_nonpositive  # e^x for x <= 0: a vectorizable float32 exp
+from ..norm_stats import mean_inv_std
 from .wkv import empty_wkv_state
 
 
@@ -105,14 +106,7 @@ def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, H), last (B, H)
     xn = np.empty_like(x)
     for bt in range(B * T):
         b, t = bt // T, bt % T
-        mean = 0.0
-        for j in range(H):
-            mean += x[b, t, j]
-        mean /= H
-        var = 0.0
-        for j in range(H):
-            var += (x[b, t, j] - mean) ** 2
-        inv = 1.0 / np.sqrt(var / H + eps)
+        mean, inv = mean_inv_std(x[b, t], eps)
         for j in range(H):
             xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
     out = np.empty((mixes.shape[0], B * T, H), x.dtype)

@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from ..exp import sigmoid
 from ..linear import PARALLEL_MIN_WEIGHTS, activations, project
+from ..norm_stats import mean_inv_std
 from ..storage import packed
 from ..v7.kernels import norm_and_mix
 from .kernels import wkv5_step
@@ -90,14 +91,7 @@ def head(h, b, r, k, v, g, w, u, S, ln_x, gated, gn_eps, y, o):
     N = S.shape[0]
     c0 = h * N
     wkv5_step(S, r[b, c0:c0 + N], k[b, c0:c0 + N], v[b, c0:c0 + N], w, u, y)
-    mean = 0.0
-    for j in range(N):
-        mean += y[j]
-    mean /= N
-    var = 0.0
-    for j in range(N):
-        var += (y[j] - mean) ** 2
-    inv = 1.0 / np.sqrt(var / N + gn_eps)
+    mean, inv = mean_inv_std(y, gn_eps)
     for j in range(N):
         yn = np.float32((y[j] - mean) * inv) * ln_x[0][c0 + j] + ln_x[1][c0 + j]
         o[b, c0 + j] = yn * g[b, c0 + j] if gated else yn

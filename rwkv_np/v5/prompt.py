@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from ..exp import exp_nonpositive, sigmoid
+from ..norm_stats import mean_inv_std
 from .kernels import PARALLEL_MIN_WORK, wkv5_step
 from .wkv import LOG_DECAY_FLOOR
 
@@ -67,14 +68,7 @@ def _wkv_norm_gate(r, k, v, lam, w_log, u, state, ln_w, ln_b, eps, g, floor, out
                 for i in range(N):
                     wt[i] = exp_nonpositive(max(lam[b, t, h, i], floor))
             wkv5_step(S, r[b, t, h], k[b, t, h], v[b, t, h], wt, u[h], yt)
-            mean = 0.0
-            for j in range(N):
-                mean += yt[j]
-            mean /= N
-            var = 0.0
-            for j in range(N):
-                var += (yt[j] - mean) ** 2
-            inv = 1.0 / np.sqrt(var / N + eps)
+            mean, inv = mean_inv_std(yt, eps)
             for j in range(N):
                 yt[j] = (yt[j] - mean) * inv                      # rounded to the dtype here
             o = out[b, t, h]

@@ -19,6 +19,7 @@ import numpy as np
 from numba.core.extending import overload
 
 from ..exp import exp_nonpositive, sigmoid
+from ..norm_stats import mean_inv_std
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
@@ -125,14 +126,7 @@ def _norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, C), last (B, C
     xn = np.empty_like(x)
     for bt in numba.prange(B * T):
         b, t = bt // T, bt % T
-        mean = 0.0
-        for j in range(C):
-            mean += x[b, t, j]
-        mean /= C
-        var = 0.0
-        for j in range(C):
-            var += (x[b, t, j] - mean) ** 2
-        inv = 1.0 / np.sqrt(var / C + eps)
+        mean, inv = mean_inv_std(x[b, t], eps)
         for j in range(C):
             xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
     out = np.empty((mixes.shape[0], B * T, C), x.dtype)
@@ -242,14 +236,7 @@ def head_outputs(n, c0, c1, h, y, r, kt, vt, g, r_k, gn_weight, gn_bias, gn_eps,
     bonus = _like(r[n, c0], 0.0)
     for c in range(c0, c1):
         bonus += r[n, c] * kt[n, c] * r_k[h, c - c0]
-    mean = 0.0
-    for c in range(c0, c1):
-        mean += y[n, c]
-    mean /= c1 - c0
-    var = 0.0
-    for c in range(c0, c1):
-        var += (y[n, c] - mean) ** 2
-    inv = 1.0 / np.sqrt(var / (c1 - c0) + gn_eps)
+    mean, inv = mean_inv_std(y[n, c0:c1], gn_eps)
     for c in range(c0, c1):
         yn = _like(y[n, c], (y[n, c] - mean) * inv)
         o[n, c] = (yn * gn_weight[c] + gn_bias[c] + bonus * vt[n, c]) * g[n, c]
