@@ -10,9 +10,9 @@ BLAS. `linear` picks the kernel by the number of rows N of x:
                 int16 (`activations`) in integer arithmetic, reading a quarter.
   2 <= N <= 16  (batched decode) a matrix-matrix kernel that reads each weight row once and
                 uses it for every row of x while it sits in L1.
-  N > 16        BLAS GEMM (numpy's OpenBLAS, on one thread per block of W's rows, the blocks
-                split between the threads by a pool of ours); 16-bit and int8 weights are widened
-                to float32 a block of rows at a time, so no float32 copy of the whole matrix is made.
+  N > 16        BLAS GEMM, in gemm.py (numpy's OpenBLAS on one thread per block of W's rows, the
+                blocks split between the threads by a pool of ours; packed weights widened to
+                float32 a block of rows at a time, so no float32 copy of the whole matrix is made).
 
 Weights come in any storage of storage.py, as `packed` tuples. Products smaller than
 PARALLEL_MIN_WEIGHTS (a small model's) run the same kernels on one core.
@@ -20,9 +20,6 @@ PARALLEL_MIN_WEIGHTS (a small model's) run the same kernels on one core.
 Dot products use fastmath (they reassociate the sum so it vectorizes); nothing here relies on
 -inf / -1e38 sentinels, so that is safe. Numba's np.dot would need scipy: kernels are plain loops.
 """
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -32,10 +29,9 @@ from numba.core.extending import intrinsic, overload
 
 from .dot_rows import dot_rows, dot_rows4
 from .errors import InputError
-from .linear_int4 import activations_int4, rows_int4, widen_rows
-from .storage import F16, FLOAT, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
-from .storage_int4 import I4
-from .threads import blas_single_thread
+from .gemm import gemm_tasks, run_tasks
+from .linear_int4 import activations_int4, rows_int4
+from .storage import F16, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
@@ -43,7 +39,6 @@ PARALLEL_MIN_WEIGHTS = 1 << 17  # smaller products (the demo model's: <= 512 x 1
 # here and in decode.py: the parallel builds cost ~10 s more to compile on first use (the
 # README's main job with an empty cache: 26 -> 16 s), and at this size the second core saves ~20
 # us per layer of a token. Same bits either way: each row is one dot product.
-_BLOCK_BYTES = 1 << 20  # float32 bytes of W widened at a time before a GEMM (fits in L2/L3)
 
 
 # ---------------------------------------------------------------- decode: N <= SMALL_N rows of x
@@ -272,99 +267,6 @@ def _project_all_parallel(W, x, y, blocks):  # _project_all with the blocks spli
     _project_all(W, x, y, blocks)
 
 
-# ---------------------------------------------------------------- prefill: N > SMALL_N, BLAS
-# A product is cut into blocks of W's rows, each an independent single-threaded BLAS call into
-# its columns of y, run as tasks on a pool of numba.get_num_threads() threads: a core that another
-# process holds delays one task, not every step of the product (OpenBLAS's own threads wait for
-# each other inside it: threads.blas_single_thread has the figures). Packed weights are widened
-# to float32 _BLOCK_BYTES at a time inside their task, so the widening runs on every core too.
-# One block per thread: 256-token prompts, 2 cores, tokens/s (best of 3-5, ways taking turns):
-#                            OpenBLAS 2 threads   1 block per thread   4 blocks per thread
-#   quiet machine   v4 169M        713                  718                  597
-#                   v7 0.1B        657                  626                  613
-#   others' jobs    v4 169M        325                  404                  404
-#                   v7 0.1B        175                  387                  283
-#   + a busy loop   v4 169M        182                  319                  308
-#                   v7 0.1B         61                  171                  183
-_TASK_FLOPS = 1 << 24   # ~16 MFLOP, ~0.2 ms of sgemm on one core: a pool task costs ~30 us
-_TASK_ROWS = 32         # blocks of W's rows come in multiples of this (whole BLAS panels)
-_pools = {}             # threads -> ThreadPoolExecutor
-_scratch = threading.local()  # each thread's float32 rows for widening, reused from call to call
-
-
-# Rows of a packed weight widened into a float32 buffer that is reused, in one compiled pass:
-# NumPy's astype-shift-view made two fresh arrays per block, and fresh pages cost ~2.5 us each
-# to fault in on this VM (v7-0.1b bf16 / int8 prompts: products 20-45% slower than float32).
-@njit(cache=True)
-def _widen_halves(A, f16, r0, out):  # A (rows, in) uint16 float16 / bfloat16 bits -> out (n, in)
-    for i in range(out.shape[0]):
-        for j in range(A.shape[1]):
-            out[i, j] = _f16(A[r0 + i, j]) if f16 else _bf16(A[r0 + i, j])
-
-
-@njit(cache=True)
-def _widen_pairs(A, r0, out):  # A (rows, in/2) uint32 bfloat16 pairs (low half first) -> out (n, in)
-    for i in range(out.shape[0]):
-        for j in range(A.shape[1]):
-            out[i, 2 * j], out[i, 2 * j + 1] = _bf16_lo(A[r0 + i, j]), _bf16_hi(A[r0 + i, j])
-
-
-@njit(cache=True)
-def _widen_int8(Q, scale, r0, out):  # Q (rows, in) int8, scale (rows,) -> out (n, in)
-    for i in range(out.shape[0]):
-        s = scale[r0 + i]
-        for j in range(Q.shape[1]):
-            out[i, j] = _i8(Q[r0 + i, j]) * s
-
-
-def _rows(W, r0, r1, n_in):  # rows r0:r1 of a packed weight as float32: a view of W or of the buffer
-    if W[1] == FLOAT:
-        return W[0][r0:r1]
-    size = (r1 - r0) * n_in
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < size:
-        buf = _scratch.buf = np.empty(size, np.float32)
-    out, A = buf[:size].reshape(r1 - r0, n_in), W[0]
-    if W[1] == I4:
-        widen_rows(A, W[2], r0, out)
-    elif A.dtype == np.uint32:
-        _widen_pairs(A, r0, out)
-    elif A.dtype == np.int8:
-        _widen_int8(A, W[2], r0, out)
-    else:
-        _widen_halves(A, W[1] == F16, r0, out)
-    return out
-
-
-def _gemm_tasks(x, W):  # x (N, in) contiguous, W (array, kind, row_scale) packed -> y (N, out), [task]
-    """y = x @ W.T by BLAS on blocks of W's rows: y, unfilled, and the blocks as calls that fill it."""
-    (N, n_in), out = x.shape, W[0].shape[0]
-    threads = numba.get_num_threads()  # the calling thread's count (set_threads)
-    tasks = 1 if threads == 1 else min(threads, max(1, 2 * N * n_in * out // _TASK_FLOPS))
-    rows = out if tasks == 1 else -(-out // tasks // _TASK_ROWS) * _TASK_ROWS
-    step = out if W[1] == FLOAT else max(1, _BLOCK_BYTES // (4 * n_in))  # rows widened at a time
-    y = np.empty((N, out), x.dtype)
-
-    def block(r0):  # rows r0 : r0 + rows of W -> columns of y
-        for s0 in range(r0, min(out, r0 + rows), step):
-            s1 = min(out, r0 + rows, s0 + step)
-            np.matmul(x, _rows(W, s0, s1, n_in).T, out=y[:, s0:s1])
-    return y, [lambda r0=r0: block(r0) for r0 in range(0, out, rows)]
-
-
-def _run(tasks):  # the blocks of one or more products, split between the threads, BLAS on one each
-    threads = numba.get_num_threads()
-    with blas_single_thread():
-        if len(tasks) == 1 or threads == 1:
-            for task in tasks:
-                task()
-        else:
-            if threads not in _pools:
-                _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="rwkv_np-gemm")
-            for _ in _pools[threads].map(lambda task: task(), tasks):
-                pass
-
-
 # ---------------------------------------------------------------- the entry points
 
 def _operand(x, W):  # x (N, in), W stored (out, in) -> x as the kernels take it, W packed
@@ -383,8 +285,8 @@ def linear(x: np.ndarray, W) -> np.ndarray:  # x (N, in), W stored (out, in) -> 
     x, Wt = _operand(x, W)
     N = x.shape[0]
     if N > SMALL_N:
-        y, tasks = _gemm_tasks(x, Wt)
-        _run(tasks)
+        y, tasks = gemm_tasks(x, Wt)
+        run_tasks(tasks)
         return y
     y = np.empty((N, W.shape[0]), x.dtype)
     if N > 0:
@@ -403,8 +305,8 @@ def linear_many(pairs) -> list:  # [(x (N, in), W (out, in)), ...] -> [(N, out),
         return [linear(x, W) for x, W in pairs]
     ys, tasks = [], []
     for x, Wt in (_operand(x, W) for x, W in pairs):
-        y, t = _gemm_tasks(x, Wt)
+        y, t = gemm_tasks(x, Wt)
         ys.append(y)
         tasks += t
-    _run(tasks)
+    run_tasks(tasks)
     return ys

@@ -59,7 +59,7 @@ def _openblas_threads() -> tuple:  # ((set_num_threads, get_num_threads), ...): 
 def blas_single_thread():
     """numpy's OpenBLAS on one thread inside the block, its thread count restored after.
 
-    linear.py runs a prompt's matrix products as independent blocks on a thread pool of its own:
+    gemm.py runs a prompt's matrix products as independent blocks on a thread pool of its own:
     on a shared machine OpenBLAS's threads, which wait for each other inside every product, lose
     badly when another process holds a core (v7-0.1b, 256-token prompt, 2 cores beside another
     engineer's job: OpenBLAS on 2 threads 2.7-3.2 s, on 1 thread 0.69-0.83 s). Not for blocks run

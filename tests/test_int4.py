@@ -16,7 +16,7 @@ from numba import njit
 import rwkv_np
 import rwkv_np.linear as lin
 from conftest import random_state_dict
-from rwkv_np import ModelFileError, RwkvConfig, RwkvForCausalLM
+from rwkv_np import ModelFileError, RwkvConfig, RwkvForCausalLM, gemm
 from rwkv_np.cli import main
 from rwkv_np.convert import convert, quantize, save_pretrained
 from rwkv_np.linear import linear
@@ -131,7 +131,7 @@ def test_parallel_build_and_blocked_gemm_give_the_same_numbers(monkeypatch):
     x = rng.standard_normal((40, 96)).astype(np.float32)
     serial = [linear(x[:n], w) for n in (1, 3, 40)]
     monkeypatch.setattr(lin, "PARALLEL_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(lin, "_BLOCK_BYTES", 4 * 96 * 7)  # prompts widen 7 rows at a time
+    monkeypatch.setattr(gemm, "_BLOCK_BYTES", 4 * 96 * 7)  # prompts widen 7 rows at a time
     for n, want in zip((1, 3, 40), serial):
         got = linear(x[:n], w)
         if n == 40:  # BLAS may add in another order per block

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from rwkv_np import linear as lin, set_threads
+from rwkv_np import gemm, linear as lin, set_threads
 from rwkv_np.errors import InputError
 from rwkv_np.linear import linear
 from rwkv_np.storage import Bfloat16, Int8Weight, dequantize, embedding_rows, prepare_weight
@@ -176,7 +176,7 @@ def test_bfloat16_bits_match_torch():
 @pytest.mark.parametrize("storage", STORAGES)
 def test_blocked_gemm_covers_every_row(storage, monkeypatch):
     # Force blocks of 3 rows so that the widen-then-BLAS path crosses block edges.
-    monkeypatch.setattr(lin, "_BLOCK_BYTES", 4 * 29 * 3)
+    monkeypatch.setattr(gemm, "_BLOCK_BYTES", 4 * 29 * 3)
     rng = np.random.default_rng(5)
     W = random_weight(rng, (37, 29))
     Wp = make(storage, W)
@@ -191,9 +191,9 @@ def test_gemm_tasks_cover_every_row(storage, threads, monkeypatch):
     # whose blocks end inside a widening block and at the last, partial one; and on one thread,
     # one task for everything. numpy's OpenBLAS thread count is left as it was.
     from rwkv_np.threads import _openblas_threads
-    monkeypatch.setattr(lin, "_TASK_FLOPS", 1)
-    monkeypatch.setattr(lin, "_TASK_ROWS", 8)
-    monkeypatch.setattr(lin, "_BLOCK_BYTES", 4 * 29 * 3)
+    monkeypatch.setattr(gemm, "_TASK_FLOPS", 1)
+    monkeypatch.setattr(gemm, "_TASK_ROWS", 8)
+    monkeypatch.setattr(gemm, "_BLOCK_BYTES", 4 * 29 * 3)
     rng = np.random.default_rng(6)
     Wp = make(storage, random_weight(rng, (61, 29)))
     x = rng.standard_normal((40, 29)).astype(np.float32)
