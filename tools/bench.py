@@ -411,12 +411,30 @@ def print_table(res) -> None:
                                      else str(c)).rjust(width) for c in cells))
 
 
+V56_SHAPES = {"v6-0.1b": "6.0", "v5.2-0.1b": "5.2"}  # RWKV-6 / 5.2 0.1B shapes: bench_v56.py's
+
+
+def bench_v56(args) -> None:
+    """The RWKV-6 / 5.2 shapes run in tools/bench_v56.py (their peer is BlinkDL's package, which
+    --peers asks for here; rwkv.cpp's converter does not read them): the same protocol, its
+    table and targets. Storages it does not have (float64, float16, int4) are left out."""
+    import bench_v56
+    bench_v56.PEER_GOMP = PEER_GOMP  # as given to this process, not rwkv_np's default
+    storages = [s for s in args.storage if s in ("float32", "bfloat16", "int8")] or ["float32"]
+    argv = ["--variants", V56_SHAPES[args.shape], "--storage", *storages, "--prefill", *map(str, args.prefill or [256]),
+            "--steps", str(args.steps), "--prefill-repeats", str(args.prefill_repeats), "--rounds", str(args.rounds),
+            "--threads", str(args.threads)] + ([] if args.peers else ["--no-package"]) + \
+        (["--json", args.json] if args.json else [])
+    sys.argv = [bench_v56.__file__, *argv]
+    bench_v56.main()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("what", choices=["kernels", "model", "_engine"])
-    p.add_argument("--shape", choices=sorted(SHAPES) + sorted(V7_SHAPES), default="169m",
-                   help="random model shape (v7-*: RWKV-7)")
+    p.add_argument("--shape", choices=sorted(SHAPES) + sorted(V7_SHAPES) + sorted(V56_SHAPES), default="169m",
+                   help="random model shape (v7-*: RWKV-7; v6-0.1b, v5.2-0.1b: tools/bench_v56.py runs them)")
     p.add_argument("--model", help="an HF model directory instead of a random model")
     p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8", "int4"])
     p.add_argument("--peers", action="store_true", help="also run HF transformers, BlinkDL rwkv and rwkv.cpp")
@@ -432,6 +450,8 @@ def main() -> None:
     p.add_argument("--engine", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.shape in V56_SHAPES and args.what == "model":
+        return bench_v56(args)
     args.threads = set_threads(args.threads)
     if args.what == "_engine":
         return engine_round(args)
