@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..causal_lm import CausalLM, CausalLMOutput, ModelOutput  # noqa: F401 (importable from here)
 from ..errors import InputError
 from ..linear import SMALL_N, linear, linear_many
-from ..nn import cross_entropy, layer_norm
+from ..nn import layer_norm
 from ..storage import as_float, embed, storage_of
 from ..v7.kernels import norm_and_mix_rows
 from .config import Rwkv5Config
@@ -37,25 +38,6 @@ from .reference import decay_and_bonus
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-@dataclass
-class ModelOutput:
-    last_hidden_state: np.ndarray            # (B, T, C) after ln_out
-    state: list | None = None                # [att_x (B, L, C), ffn_x (B, L, C), wkv (B, L, H, N, N)]
-    hidden_states: tuple | None = None       # L + 1 of (B, T, C): each layer's output, then ln_out's
-    attentions: tuple | None = None          # L of (B, T, C): each layer's time-mix branch output
-    feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
-
-
-@dataclass
-class CausalLMOutput:
-    loss: float | None = None                # mean next-token cross-entropy (nats), given labels
-    logits: np.ndarray | None = None         # (B, T, V)
-    state: list | None = None                # [att_x (B, L, C), ffn_x (B, L, C), wkv (B, L, H, N, N)]
-    hidden_states: tuple | None = None       # L + 1 of (B, T, C): each layer's output, then ln_out's
-    attentions: tuple | None = None          # L of (B, T, C): each layer's time-mix branch output
-    feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
 
 
 def channel_mix(lay, x, state, i, eps):  # x (B, T, C) the residual stream -> (B, T, C); updates state layer i
@@ -226,38 +208,12 @@ class Rwkv5Model:
                            feed_forward=tuple(ffns) if output_attentions else None)
 
 
-class Rwkv5ForCausalLM(Rwkv5Model):
-    """An RWKV-5 language model: the trunk plus the head. Call it like HF's causal LMs:
-    model(input_ids, state=...)."""
+class Rwkv5ForCausalLM(CausalLM, Rwkv5Model):
+    """An RWKV-5 language model: the trunk plus the head (causal_lm.CausalLM). Call it like HF's
+    causal LMs: model(input_ids, state=...). Construct it as Rwkv5Model; tensors also hold
+    head.weight unless tie_word_embeddings. Its state: [att_x, ffn_x, wkv] (state.py)."""
 
-    with_head = True
-
-    def __init__(self, config, tensors: dict, dtype="float32", weights: str | None = None):
-        """As Rwkv5Model; tensors also hold head.weight unless tie_word_embeddings."""
-        super().__init__(config, tensors, dtype, weights)
-        self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
-            else storage_of(self.dtype, weights, edge=True)(tensors[HEAD])                # (V, C)
-
-    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
-        """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
-        from ..generation import generate
-        return generate(self, input_ids, max_new_tokens, **kwargs)
-
-    def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
-                 output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
-                 logits_to_keep: int = 0) -> CausalLMOutput:
-        """logits_to_keep > 0 computes the logits of the last that many positions only."""
-        out = super().__call__(input_ids, state, use_cache, output_hidden_states, output_attentions,
-                               inputs_embeds, attention_mask)
-        x = out.last_hidden_state
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        B, T, C = x.shape
-        logits = linear(x.reshape(B * T, C), self.head).reshape(B, T, -1)
-        return CausalLMOutput(
-            loss=None if labels is None else cross_entropy(logits, labels), logits=logits,
-            state=out.state, hidden_states=out.hidden_states, attentions=out.attentions,
-            feed_forward=out.feed_forward)
+    head_name = HEAD
 
 
 CAUSAL_LM = Rwkv5ForCausalLM  # the classes generations.py's registry loads for RWKV-5

@@ -29,7 +29,7 @@ from ..v5.state import ATT_X, WKV
 from ..v7.kernels import norm_and_mix_rows
 from .config import Rwkv6Config
 from .decode import token_layer
-from .names import MIXES
+from .names import HEAD, MIXES
 
 
 @dataclass
@@ -110,6 +110,7 @@ class Rwkv6ForCausalLM(Rwkv5ForCausalLM):
     """An RWKV-6 language model: the trunk plus the head. Call it like HF's causal LMs:
     model(input_ids, state=...)."""
     config_class, layer_class, generation = Rwkv6Config, Layer, "RWKV-6"
+    head_name = HEAD                         # head.weight, as RWKV-5's
 
 
 CAUSAL_LM = Rwkv6ForCausalLM  # the classes generations.py's registry loads for RWKV-6

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..causal_lm import CausalLM, CausalLMOutput, ModelOutput
 from ..errors import InputError
 from ..linear import SMALL_N, linear
-from ..nn import cross_entropy, layer_norm, sigmoid
+from ..nn import layer_norm, sigmoid
 from ..storage import as_float, compute_dtype, embed, storage_of
 from .config import Rwkv7Config
 from .decode import decode, token_layer
@@ -32,24 +33,8 @@ from .names import EMBEDDINGS, HEAD
 from .reference import DECAY_SCALE
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 
-
-@dataclass
-class Rwkv7Output:
-    last_hidden_state: np.ndarray            # (B, T, C) after the final norm
-    state: list | None = None                # [att_x (B, L, C), ffn_x (B, L, C), wkv (B, L, H, N, N)]
-    hidden_states: tuple | None = None       # L + 1 of (B, T, C): each layer's output, then the final norm's
-    attentions: tuple | None = None          # L of (B, T, C): each layer's time-mix branch output
-    feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
-
-
-@dataclass
-class Rwkv7CausalLMOutput:
-    loss: float | None = None                # mean next-token cross-entropy (nats), given labels
-    logits: np.ndarray | None = None         # (B, T, V)
-    state: list | None = None                # [att_x (B, L, C), ffn_x (B, L, C), wkv (B, L, H, N, N)]
-    hidden_states: tuple | None = None       # L + 1 of (B, T, C): each layer's output, then the final norm's
-    attentions: tuple | None = None          # L of (B, T, C): each layer's time-mix branch output
-    feed_forward: tuple | None = None        # L of (B, T, C): each layer's channel-mix branch output
+Rwkv7Output = ModelOutput                 # causal_lm.py's records, under RWKV-7's names
+Rwkv7CausalLMOutput = CausalLMOutput
 
 
 @dataclass
@@ -223,44 +208,18 @@ class Rwkv7Model:
         x = layer_norm(x, *self.norm, eps)
         if output_hidden_states:
             hidden.append(x)
-        return Rwkv7Output(last_hidden_state=x, state=state if use_cache else None,
+        return ModelOutput(last_hidden_state=x, state=state if use_cache else None,
                            hidden_states=tuple(hidden) if output_hidden_states else None,
                            attentions=tuple(attentions) if output_attentions else None,
                            feed_forward=tuple(ffns) if output_attentions else None)
 
 
-class Rwkv7ForCausalLM(Rwkv7Model):
-    """An RWKV-7 language model: the trunk plus the head. Call it like HF's causal LMs:
-    model(input_ids, state=...)."""
+class Rwkv7ForCausalLM(CausalLM, Rwkv7Model):
+    """An RWKV-7 language model: the trunk plus the head (causal_lm.CausalLM). Call it like HF's
+    causal LMs: model(input_ids, state=...). Construct it as Rwkv7Model; tensors also hold
+    lm_head.weight unless tie_word_embeddings. Its state: [att_x, ffn_x, wkv] (state.py)."""
 
-    with_head = True
-
-    def __init__(self, config: Rwkv7Config, tensors: dict, dtype="float32", weights: str | None = None):
-        """As Rwkv7Model; tensors also hold lm_head.weight unless tie_word_embeddings."""
-        super().__init__(config, tensors, dtype, weights)
-        self.head = self.embeddings if config.tie_word_embeddings and HEAD not in tensors \
-            else storage_of(self.dtype, weights, edge=True)(tensors[HEAD])                # (V, C)
-
-    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
-        """HF-style generate (greedy or sampled); see rwkv_np.generation.generate for the options."""
-        from ..generation import generate
-        return generate(self, input_ids, max_new_tokens, **kwargs)
-
-    def __call__(self, input_ids=None, state=None, use_cache=None, output_hidden_states=False,
-                 output_attentions=False, labels=None, inputs_embeds=None, attention_mask=None,
-                 logits_to_keep: int = 0) -> Rwkv7CausalLMOutput:
-        """logits_to_keep > 0 computes the logits of the last that many positions only."""
-        out = super().__call__(input_ids, state, use_cache, output_hidden_states, output_attentions,
-                               inputs_embeds, attention_mask)
-        x = out.last_hidden_state
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        B, T, C = x.shape
-        logits = linear(x.reshape(B * T, C), self.head).reshape(B, T, -1)
-        return Rwkv7CausalLMOutput(
-            loss=None if labels is None else cross_entropy(logits, labels), logits=logits,
-            state=out.state, hidden_states=out.hidden_states, attentions=out.attentions,
-            feed_forward=out.feed_forward)
+    head_name = HEAD
 
 
 CAUSAL_LM = Rwkv7ForCausalLM  # the classes generations.py's registry loads for RWKV-7
