@@ -6,8 +6,8 @@ A sum written as one chain (`s += x[j]`) waits for each addition before the next
 term, whatever the vector width, since without fastmath LLVM must keep the written order. Here
 each sum runs in eight independent chains (lane j mod 8), added pairwise at the end: a fixed
 order, so every build and both paths (prompt and token mode) still give the same bits, at the
-adder's throughput. RWKV-6 prompt, 0.1B shape, T = 256: the 24 ln1/ln2 passes 10 -> 3 ms, and
-ln_x (64 channels a head) inside the WKV kernel too.
+adder's throughput. norm_and_mix_rows at T = 256, C = 768 (an RWKV-6 prompt runs twelve of each):
+five blends 0.25 -> 0.165 ms, one 0.21 -> 0.12 ms; ln_x (64 channels a head) in the WKV kernels too.
 """
 import numba
 import numpy as np
