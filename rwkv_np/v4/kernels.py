@@ -11,6 +11,7 @@ import numpy as np
 
 from ..exp import exp_nonpositive as _exp_nonpositive  # e^x for x <= 0: a vectorizable float32 exp
 from ..norm_stats import mean_inv_std
+from ..pointwise import PARALLEL_MIN_ELEMENTS
 from .wkv import empty_wkv_state
 
 
@@ -94,26 +95,46 @@ def wkv_forward(w, u, k, v, state=None):
     return out, (a, b, p)
 
 
-@numba.njit(cache=True)
-def norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, H), last (B, H), mixes (K, H)
+@numba.njit(inline="always")
+def _norm_and_mix(x, last, weight, bias, eps, mixes):  # x (B, T, H), last (B, H), mixes (K, H)
     """xn = layer_norm(x) (B, T, H), and for each of the K mixes m the token-shift blend
     xn * m + prev * (1 - m) as (K, B*T, H), prev being xn one token earlier (last at t = 0).
-    Both paths use it: model.run_block for a prompt, decode's layer for a token (T = 1). One
-    compiled pass instead of a dozen NumPy temporaries; statistics in float64. Serial on purpose:
-    idle OpenMP threads of a parallel region spin for milliseconds and slowed the BLAS call that
-    follows (measured ~20% of a 256-token prompt)."""
+    Both paths use it: model.run_block for a prompt (`norm_and_mix_rows`, the rows over the
+    cores), decode's layer for a token (`norm_and_mix`, one core: a parallel region would wake
+    threads for one row). One compiled pass instead of a dozen NumPy temporaries; statistics in
+    float64. No sum crosses a row, so both builds give the same bits. (It was serial for prompts
+    too while OpenBLAS's own threads ran the products: OpenMP threads spinning after a parallel
+    region slowed them ~20%. Products now run on rwkv_np's pool and libgomp spins briefly:
+    threads.py.)"""
     B, T, H = x.shape
     xn = np.empty_like(x)
-    for bt in range(B * T):
+    for bt in numba.prange(B * T):
         b, t = bt // T, bt % T
         mean, inv = mean_inv_std(x[b, t], eps)
         for j in range(H):
             xn[b, t, j] = (x[b, t, j] - mean) * inv * weight[j] + bias[j]
     out = np.empty((mixes.shape[0], B * T, H), x.dtype)
-    for bt in range(B * T):
+    for bt in numba.prange(B * T):
         b, t = bt // T, bt % T
         prev = last[b] if t == 0 else xn[b, t - 1]
         for k in range(mixes.shape[0]):
             for j in range(H):
                 out[k, bt, j] = prev[j] + (xn[b, t, j] - prev[j]) * mixes[k, j]
     return xn, out
+
+
+@numba.njit(cache=True)
+def norm_and_mix(x, last, weight, bias, eps, mixes):  # one core: token mode's few rows
+    return _norm_and_mix(x, last, weight, bias, eps, mixes)
+
+
+@numba.njit(parallel=True, cache=True)
+def _norm_and_mix_parallel(x, last, weight, bias, eps, mixes):  # the rows over the cores
+    return _norm_and_mix(x, last, weight, bias, eps, mixes)
+
+
+def norm_and_mix_rows(x, last, weight, bias, eps, mixes):  # prompts: x (B, T, H) -> as norm_and_mix
+    """norm_and_mix with the rows over the cores from pointwise.PARALLEL_MIN_ELEMENTS elements (a
+    small model's prompts keep the one-core build: the parallel one costs seconds to compile)."""
+    big = x.size >= PARALLEL_MIN_ELEMENTS
+    return (_norm_and_mix_parallel if big else norm_and_mix)(x, last, weight, bias, eps, mixes)

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..linear import SMALL_N, linear
-from ..nn import cross_entropy, layer_norm, sigmoid
+from ..linear import SMALL_N, linear, linear_many
+from ..nn import cross_entropy, layer_norm
+from ..pointwise import relu_square, sigmoid_mul
 from ..storage import as_float, compute_dtype, embed, storage_of
 from .config import RwkvConfig
 from .decode import decode, token_layer
-from .kernels import norm_and_mix, wkv_forward
+from .kernels import norm_and_mix_rows, wkv_forward
 from .state import ATT_X, DEN, FFN_X, MAX, NUM, NAMES, check_state, empty_state
 
 
@@ -89,27 +90,30 @@ class Block:
 
 
 def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention and ffn branches
+    """reference.py's block over all B x T tokens: each product one GEMM (independent ones in one
+    batch of pool tasks: linear_many), the gates and relu^2 compiled in place (pointwise.py)."""
     B, T, H = x.shape
-    xa, (xk, xv, xr) = norm_and_mix(x, np.ascontiguousarray(state[ATT_X][:, :, i]), blk.ln1_weight,
-                                    blk.ln1_bias, eps, np.stack([blk.att_mix_k, blk.att_mix_v, blk.att_mix_r]))
-    k = linear(xk, blk.att_key).reshape(B, T, -1)
-    v = linear(xv, blk.att_value).reshape(B, T, -1)
-    r = sigmoid(linear(xr, blk.att_receptance))
-    wkv, (a, b, p) = wkv_forward(blk.time_decay, blk.time_first, k, v,
+    xa, (xk, xv, xr) = norm_and_mix_rows(x, np.ascontiguousarray(state[ATT_X][:, :, i]), blk.ln1_weight,
+                                         blk.ln1_bias, eps, np.stack([blk.att_mix_k, blk.att_mix_v, blk.att_mix_r]))
+    k, v, r = linear_many([(xk, blk.att_key), (xv, blk.att_value), (xr, blk.att_receptance)])
+    wkv, (a, b, p) = wkv_forward(blk.time_decay, blk.time_first, k.reshape(B, T, -1), v.reshape(B, T, -1),
                                  (state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i]))
     state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i] = a, b, p
     state[ATT_X][:, :, i] = xa[:, -1]
-    att = linear(r * wkv.reshape(B * T, -1), blk.att_output).reshape(B, T, H)
+    rwkv = np.ascontiguousarray(wkv.reshape(B * T, -1))
+    sigmoid_mul(r, rwkv)                                   # sigmoid(r) * wkv
+    att = linear(rwkv, blk.att_output).reshape(B, T, H)
     if blk.scale != 1.0:
         att *= blk.scale
     x = x + att
 
-    xf, (fk, fr) = norm_and_mix(x, np.ascontiguousarray(state[FFN_X][:, :, i]), blk.ln2_weight,
-                                blk.ln2_bias, eps, np.stack([blk.ffn_mix_k, blk.ffn_mix_r]))
-    key = np.maximum(linear(fk, blk.ffn_key), 0)
-    key *= key
-    gate = sigmoid(linear(fr, blk.ffn_receptance))
-    ffn = (gate * linear(key, blk.ffn_value)).reshape(B, T, H)
+    xf, (fk, fr) = norm_and_mix_rows(x, np.ascontiguousarray(state[FFN_X][:, :, i]), blk.ln2_weight,
+                                     blk.ln2_bias, eps, np.stack([blk.ffn_mix_k, blk.ffn_mix_r]))
+    key, rr = linear_many([(fk, blk.ffn_key), (fr, blk.ffn_receptance)])
+    relu_square(key)                                       # relu(key)^2
+    ffn = linear(key, blk.ffn_value)
+    sigmoid_mul(rr, ffn)                                   # sigmoid(rr) * (key @ W_value.T)
+    ffn = ffn.reshape(B, T, H)
     state[FFN_X][:, :, i] = xf[:, -1]
     if blk.scale != 1.0:
         ffn *= blk.scale

@@ -28,12 +28,13 @@ from ..causal_lm import CausalLM, CausalLMOutput, ModelOutput  # noqa: F401 (imp
 from ..errors import InputError
 from ..linear import SMALL_N, linear, linear_many
 from ..nn import layer_norm
+from ..pointwise import relu_square, sigmoid_mul
 from ..storage import as_float, embed, storage_of
 from ..v7.kernels import norm_and_mix_rows
 from .config import Rwkv5Config
 from .decode import decode, token_layer
 from .names import EMBEDDINGS, HEAD
-from .prompt import relu_square, sigmoid_mul, wkv_norm_gate
+from .prompt import wkv_norm_gate
 from .reference import decay_and_bonus
 from .state import ATT_X, FFN_X, NAMES, WKV, check_state, empty_state
 

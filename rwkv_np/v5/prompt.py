@@ -8,7 +8,7 @@ v7/kernels.norm_and_mix_rows (layer_norm(x) and its token-shift blends, the toke
     wkv_norm_gate  the WKV-5 recurrence, then per token and head ln_x (a group norm) and the
                  gate silu(g), so that y leaves the kernel ready for the output product
 
-plus `relu_square` and `sigmoid_mul` for the channel mix. The equations are reference.py's (v5,
+and the channel mix's activations in rwkv_np/pointwise.py (shared with RWKV-4). The equations are reference.py's (v5,
 v6), beside the lines. Why: at T = 256 on the 0.1B shape (2 cores) NumPy's elementwise passes
 took ~50 ms of a ~390 ms RWKV-6 prompt on one core while the other waited; the products are
 BLAS either way. Statistics of ln_x are summed in float64 (as norm_and_mix's and token mode's),
@@ -104,21 +104,3 @@ def wkv_norm_gate(r, k, v, u, state, ln_x, eps, lam=None, w_log=None, g=None):
     parallel = B * H > 1 and B * H * T * N * N >= PARALLEL_MIN_WORK
     (_wkv_norm_gate_parallel if parallel else _wkv_norm_gate)(*args)
     return out.reshape(B * T, C), S
-
-
-@numba.njit(parallel=True, cache=True)
-def relu_square(x):  # x (rows, F) in place
-    """relu(x)^2, the channel mix's key activation."""
-    for n in numba.prange(x.shape[0]):
-        for j in range(x.shape[1]):
-            z = x[n, j]
-            x[n, j] = 0 if z < 0 else z * z      # a NaN stays NaN, as np.maximum
-
-
-@numba.njit(parallel=True, cache=True)
-def sigmoid_mul(rr, vv):  # rr, vv (rows, C) -> vv in place
-    """sigmoid(rr) vv, the channel mix's receptance gate (exp.sigmoid: 1 / (1 + e^{-rr}), through
-    e^{-|rr|} only)."""
-    for n in numba.prange(vv.shape[0]):
-        for j in range(vv.shape[1]):
-            vv[n, j] = sigmoid(rr[n, j]) * vv[n, j]
