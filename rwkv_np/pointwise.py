@@ -4,9 +4,9 @@ paths run between their matrix products (token mode does the same inside decode.
     relu_square   relu(x)^2, the key activation
     sigmoid_mul   sigmoid(r) v, the receptance gate (also RWKV-4's time-mix gate on the WKV)
 
-Each one pass over the rows, split between the cores, with no temporaries: NumPy's version of the
-two (np.maximum, *=, 1 / (1 + exp(-r)), *) made five passes and three (T, F) temporaries on one
-core. exp.sigmoid goes through e^{-|r|} only (no overflow), < 1 ulp from NumPy's.
+Each one pass over the rows with no temporaries, split between the cores from
+PARALLEL_MIN_ELEMENTS: NumPy's version of the two (np.maximum, *=, 1 / (1 + exp(-r)), *) made five
+passes and three (T, F) temporaries on one core. exp.sigmoid goes through e^{-|r|} only (no overflow), < 1 ulp from NumPy's.
 """
 import numba
 

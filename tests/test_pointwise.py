@@ -42,12 +42,18 @@ def test_sigmoid_mul(dtype):
     np.testing.assert_array_equal(np.isnan(outs[0]), np.isnan(want))
 
 
-def test_dispatch_by_size():
+def test_dispatch_by_size(monkeypatch):
     """The wrappers take the one-core build below PARALLEL_MIN_ELEMENTS and the parallel one from
-    there, with the same numbers."""
-    big = _inputs(np.float32, rows=pointwise.PARALLEL_MIN_ELEMENTS // 64 + 1, cols=64)
-    a, b = big.copy(), big.copy()
-    pointwise.relu_square(a)
-    pointwise._relu_square_1(b)
-    np.testing.assert_array_equal(a, b)
-    assert pointwise._relu_square_n.signatures  # the wrapper compiled and ran the parallel build
+    there (recorded by wrapping both builds), with the numbers of the build they took."""
+    calls = []
+    for name in ("_relu_square_1", "_relu_square_n", "_sigmoid_mul_1", "_sigmoid_mul_n"):
+        build = getattr(pointwise, name)
+        monkeypatch.setattr(pointwise, name, lambda *a, _b=build, _n=name: (calls.append(_n), _b(*a))[1])
+    n = pointwise.PARALLEL_MIN_ELEMENTS
+    for rows, cols, want in ((n // 64 - 1, 64, "1"), (n // 64, 64, "n")):
+        x = _inputs(np.float32, rows, cols)
+        a, b = x.copy(), x.copy()
+        pointwise.relu_square(a)
+        pointwise.sigmoid_mul(x, b)
+        assert calls[-2:] == [f"_relu_square_{want}", f"_sigmoid_mul_{want}"]
+        np.testing.assert_array_equal(a, np.where(x < 0, 0, x * x))

@@ -100,7 +100,7 @@ def run_block(blk: Block, i: int, x, state, eps):  # x (B, T, H) -> x, attention
                                  (state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i]))
     state[NUM][:, :, i], state[DEN][:, :, i], state[MAX][:, :, i] = a, b, p
     state[ATT_X][:, :, i] = xa[:, -1]
-    rwkv = np.ascontiguousarray(wkv.reshape(B * T, -1))
+    rwkv = wkv.reshape(B * T, -1)                          # a view: wkv_forward's output is contiguous
     sigmoid_mul(r, rwkv)                                   # sigmoid(r) * wkv
     att = linear(rwkv, blk.att_output).reshape(B, T, H)
     if blk.scale != 1.0:

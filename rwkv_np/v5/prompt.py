@@ -8,8 +8,8 @@ v7/kernels.norm_and_mix_rows (layer_norm(x) and its token-shift blends, the toke
     wkv_norm_gate  the WKV-5 recurrence, then per token and head ln_x (a group norm) and the
                  gate silu(g), so that y leaves the kernel ready for the output product
 
-and the channel mix's activations in rwkv_np/pointwise.py (shared with RWKV-4). The equations are reference.py's (v5,
-v6), beside the lines. Why: at T = 256 on the 0.1B shape (2 cores) NumPy's elementwise passes
+and the channel mix's activations in rwkv_np/pointwise.py (shared with RWKV-4). The equations are
+reference.py's (v5, v6), beside the lines. Why: at T = 256 on the 0.1B shape (2 cores) NumPy's elementwise passes
 took ~50 ms of a ~390 ms RWKV-6 prompt on one core while the other waited; the products are
 BLAS either way. Statistics of ln_x are summed in float64 (as norm_and_mix's and token mode's),
 everything else in x's dtype. No fastmath: the decay floor relies on exact exp(-1000) = 0 and on
