@@ -46,11 +46,14 @@ def test_token_steps_match_reference(storage, B):
         assert rel_err(got, want) < tol
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("B", [1, 8])
 def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     """A model this small runs its layers on one core (linear.PARALLEL_MIN_WEIGHTS), the build
-    checked above. Larger models run the parallel build of the same body: the same bits."""
+    checked above. Larger models run the parallel build of the same body: the same bits.
+    Storages: plain float rows, bfloat16 (rows widened into the per-call buffers for batches) and
+    int8 (x rounded once per call, then integer products); the others share these code shapes, and
+    each parallel build takes ~25 s to compile (CI time)."""
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 4))
     model = RwkvForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
     state = model(ids[:, :3]).state
