@@ -104,10 +104,11 @@ def quantize(src: str | os.PathLike, out_dir: str | os.PathLike, bits: int = 8):
     """Write `src` with every matrix int8 (bits=8: per-row scales, the same numbers as loading it
     with weights="int8"; about a quarter of the float32 file) or int4 (bits=4: groups of 32 with
     float16 scales and minimums, embedding and head int8, the numbers of weights="int4"; 0.20x
-    of the float32 file for the 169M shape), loaded memory-mapped. rwkv_np only: HF transformers
+    of the float32 file for the 169M shape) or int5 (bits=5: the same with 5-bit values, the
+    numbers of weights="int5"), loaded memory-mapped. rwkv_np only: HF transformers
     cannot read it."""
-    if bits not in (4, 8):
-        raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
+    if bits not in (4, 5, 8):
+        raise ValueError(f"bits: expected 4, 5 or 8, got {bits!r}")
     _, config, tensors = load(src, head=True)  # finite: a NaN would quantize to NaN row scales
     save_pretrained(out_dir, config, tensors, f"int{bits}")
     _copy_tokenizer(src, out_dir)
@@ -122,11 +123,13 @@ def add_quantize(subparsers, **parser_kwargs) -> None:
                               description="Read SRC and write DIR with every matrix quantized to int8 with "
                                           "per-row scales (the numbers `--weights int8` gives at load), about a "
                                           "quarter of the float32 size; --bits 4: 4-bit groups of 32 with float16 "
-                                          "scales and minimums, embedding and head int8 (`--weights int4`). Only "
+                                          "scales and minimums, embedding and head int8 (`--weights int4`); "
+                                          "--bits 5: the same with 5-bit values (`--weights int5`). Only "
                                           "rwkv_np reads the result.")
     p.add_argument("src", help="anything `rwkv-np convert` reads")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
-    p.add_argument("--bits", type=int, choices=[8, 4], default=8, help="8: int8 matrices; 4: int4 layers")
+    p.add_argument("--bits", type=int, choices=[8, 5, 4], default=8,
+                   help="8: int8 matrices; 4: int4 layers; 5: int5 layers")
     p.set_defaults(run=run_quantize)
 
 
@@ -149,7 +152,7 @@ def save_pretrained(directory: str | os.PathLike, config, tensors: dict, dtype: 
 
     dtype: "float32", "float16" or "bfloat16" for every tensor; "int8" quantizes every matrix
     exactly as storage.prepare_weight does at load (I8 + float32 row scales `name + SCALE`) and
-    keeps the other tensors as they are; "int4" likewise (U8 + float16 [d, m] `name + SCALE`,
+    keeps the other tensors as they are; "int4" / "int5" likewise (U8 + float16 [d, m] `name + SCALE`,
     embedding and head int8: storage.EDGE_STORAGE); None keeps each tensor's own (int8 stays
     int8, int4 int4)."""
     names = of_config(config).module("names")
@@ -158,7 +161,7 @@ def save_pretrained(directory: str | os.PathLike, config, tensors: dict, dtype: 
         tensors = {n: x for n, x in tensors.items() if n != names.HEAD}
     matrices = names.matrices(config)  # (not every 2-D tensor: RWKV-7's r_k (H, N) stays float)
     out = {}
-    quantized = dtype in ("int8", "int4")
+    quantized = dtype in ("int8", "int4", "int5")
     for name, x in tensors.items():
         if quantized and name in matrices:
             storage = EDGE_STORAGE.get(dtype, dtype) if name in (names.EMBEDDINGS, names.HEAD) else dtype
@@ -172,7 +175,8 @@ def save_pretrained(directory: str | os.PathLike, config, tensors: dict, dtype: 
             out[name] = _encoded(x, None if quantized else dtype)
     metadata = {"format": "pt"}
     if any(x.dtype == np.uint8 for x in out.values()):
-        metadata["rwkv_np.storage"] = "int4"
+        five = any(isinstance(x, Int4Weight) and x.bits == 5 for x in tensors.values()) if dtype is None else dtype == "int5"
+        metadata["rwkv_np.storage"] = "int5" if five else "int4"
     elif any(x.dtype == np.int8 for x in out.values()):
         metadata["rwkv_np.storage"] = "int8"
     os.makedirs(directory, exist_ok=True)

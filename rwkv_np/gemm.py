@@ -17,7 +17,7 @@ from numba import njit
 
 from .linear_int4 import widen_rows
 from .storage import F16, FLOAT, _bf16, _bf16_hi, _bf16_lo, _f16, _i8
-from .storage_int4 import I4
+from .storage_int4 import I4, I5
 from .threads import blas_single_thread
 
 # A product is cut into blocks of W's rows, each an independent single-threaded BLAS call into
@@ -76,8 +76,8 @@ def _rows(W, r0, r1, n_in):  # rows r0:r1 of a packed weight as float32: a view 
     if buf is None or buf.size < size:
         buf = _scratch.buf = np.empty(size, np.float32)
     out, A = buf[:size].reshape(r1 - r0, n_in), W[0]
-    if W[1] == I4:
-        widen_rows(A, W[2], r0, out)
+    if W[1] in (I4, I5):
+        widen_rows(A, W[1], W[2], r0, out)
     elif A.dtype == np.uint32:
         _widen_pairs(A, r0, out)
     elif A.dtype == np.int8:

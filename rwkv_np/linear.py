@@ -67,8 +67,8 @@ def _project(W, x, y, i0, i1, buf):
         return lambda W, x, y, i0, i1, buf: _rows_pairs(W[0], x[0], x[1], y, i0, i1, buf)
     if dtype == types.int8:  # x as `activations` made it: (x, xq, sx)
         return lambda W, x, y, i0, i1, buf: _rows_int8(W[0], W[2], x, y, i0, i1, buf)
-    if dtype == types.uint8:  # int4: linear_int4.py
-        return lambda W, x, y, i0, i1, buf: rows_int4(W[0], W[2], x, y, i0, i1, buf)
+    if dtype == types.uint8:  # int4 / int5 (W[1]: I4 / I5): linear_int4.py
+        return lambda W, x, y, i0, i1, buf: rows_int4(W[0], W[1], W[2], x, y, i0, i1, buf)
 
 
 @njit(fastmath=True)
@@ -165,9 +165,9 @@ def _activations(W, x):
                 xs[0, j], xs[1, j] = x[0, 2 * j], x[0, 2 * j + 1]
             return x, xs
         return split
-    if W.types[0].dtype == types.uint8:  # int4: (x, xq, sx, xsum), linear_int4.activations_int4
+    if W.types[0].dtype == types.uint8:  # int4 / int5: (x, xq, sx, xsum, xerr), linear_int4.activations_int4
         rounds = x.dtype == types.float32
-        return lambda W, x: activations_int4(x, rounds)
+        return lambda W, x: activations_int4(x, rounds, W[1])
     if W.types[0].dtype != types.int8:
         return lambda W, x: x
     rounds = x.dtype == types.float32

@@ -1,5 +1,9 @@
-"""The int4 kernels of linear.py: y = x @ W.T for W in storage_int4's layout (groups of 32 4-bit
-values, a float16 scale d and minimum m per group), W[i, 32 g + j] = d[i, g] q[i, g, j] + m[i, g].
+"""The int4 and int5 kernels of linear.py: y = x @ W.T for W in storage_int4's layout (groups of
+32 4-bit values, a float16 scale d and minimum m per group), W[i, 32 g + j] = d[i, g] q[i, g, j] +
+m[i, g]. int5 is the same IR with q = nibble | (bit << 4), the group's 32 fifth bits one 4-byte
+load bitcast to <32 x i1> lanes (`_high`); each kernel is built twice (`_group_dot_of(bits)`),
+and rows_int4 / widen_rows pick the build by the packed tuple's kind at run time, so every
+caller keeps one compiled version for both.
 
 Decode (one float32 row of x) multiplies integers: each group of 32 values of x is rounded on a
 scale of its own, x[j] ~= sx[g] xq[j], once per vector, and
@@ -29,32 +33,22 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from .dot_rows import dot_rows
-from .storage_int4 import GROUP
+from .llvm_vectors import FAST as _FAST, F32 as _F32, I32 as _I32, I64 as _I64
+from .llvm_vectors import bits_as_lanes, c_array as _c, const as _const, data as _data, row as _row
+from .llvm_vectors import splat as _splat, vec as _vec
+from .storage_int4 import GROUP, I5
 
 _HALF = GROUP // 2  # bytes per group
-_F32, _I64, _I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
 _VF = ir.VectorType(_F32, _HALF)                   # <16 x float>
 _VB = ir.VectorType(ir.IntType(8), _HALF)          # a group's 16 bytes
 _VX = ir.VectorType(ir.IntType(16), GROUP)         # <32 x i16>: a group of xq, or of widened q
-_FAST = ("fast",)
 
 
-def _data(context, builder, aryty, ary):  # an array argument -> pointer to its first element
-    return context.make_array(aryty)(context, builder, ary).data
-
-
-def _row(context, builder, aryty, ary, i):  # pointer to row i of a C-contiguous 2-D or 3-D array
-    a = context.make_array(aryty)(context, builder, ary)
-    size = builder.extract_value(a.shape, 1)
-    if aryty.ndim == 3:
-        size = builder.mul(size, builder.extract_value(a.shape, 2))
-    return builder.gep(a.data, [builder.mul(i, size)])
-
-
-def _splat(builder, value, n):  # scalar -> <n x type(value)>, every lane the value
-    vec = ir.Constant(ir.VectorType(value.type, n), None)
-    vec = builder.insert_element(vec, value, _I32(0))
-    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+def _high(builder, hb, g, n, elem):  # int5: 5th bits of the n values from group g on, as 16 or 0
+    """hb points at the row's high-bit plane (4 bytes a group, bit j = 5th bit of value j):
+    value = nibble | (bit << 4)."""
+    lanes = bits_as_lanes(builder, builder.gep(hb, [builder.shl(g, _I64(2))]), n, elem)
+    return builder.shl(lanes, ir.Constant(lanes.type, [4] * n))
 
 
 def _scale(builder, dmrow, g, k):  # float16 bits dmrow[2 g + k] (k 0: d, 1: m) -> <16 x float> splat
@@ -71,17 +65,10 @@ def _nibbles(builder, qrow, g, vtype):  # group g's 16 bytes -> (low nibbles, hi
             builder.lshr(wide, ir.Constant(vtype, [4] * _HALF)))
 
 
-def _vec(builder, ptr, n, type_, align):  # load <n x type_> at ptr
-    return builder.load(builder.bitcast(ptr, ir.VectorType(type_, n).as_pointer()), align=align)
-
-
-def _const(values):  # an <n x i32> constant (shuffle masks, lane indices)
-    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
-
-
-def _pair_sums_int16(builder, qrow, xq, g):  # groups g, g + 1 . int16 xq -> <16 x i32> each
+def _pair_sums_int16(builder, qrow, xq, g, hb):  # groups g, g + 1 . int16 xq -> <16 x i32> each
     """One 32-byte load, both nibble halves widened to int16, one pmaddwd per group (LLVM
-    matches the sign-extended multiply and the add of even and odd lanes)."""
+    matches the sign-extended multiply and the add of even and odd lanes). hb: int5's high-bit
+    plane (None: int4); values 0..31 against |xq| <= 32767 stay in int32."""
     raw = _vec(builder, builder.gep(qrow, [builder.mul(g, _I64(_HALF))]), GROUP, ir.IntType(8), 1)
     wide = builder.zext(raw, _VX)
     lo, hi = builder.and_(wide, ir.Constant(_VX, [15] * GROUP)), builder.lshr(wide, ir.Constant(_VX, [4] * GROUP))
@@ -89,6 +76,8 @@ def _pair_sums_int16(builder, qrow, xq, g):  # groups g, g + 1 . int16 xq -> <16
     for k in (0, 1):  # group g + k: its 16 low nibbles, then its 16 high ones, as x is laid out
         q = builder.shuffle_vector(lo, hi, _const([k * _HALF + j for j in range(_HALF)] +
                                                   [GROUP + k * _HALF + j for j in range(_HALF)]))
+        if hb is not None:
+            q = builder.or_(q, _high(builder, hb, builder.add(g, _I64(k)), GROUP, ir.IntType(16)))
         x = _vec(builder, builder.gep(xq, [builder.mul(builder.add(g, _I64(k)), _I64(GROUP))]), GROUP, ir.IntType(16), 2)
         wide32 = ir.VectorType(_I32, GROUP)
         p = builder.mul(builder.sext(q, wide32), builder.sext(x, wide32))
@@ -97,22 +86,27 @@ def _pair_sums_int16(builder, qrow, xq, g):  # groups g, g + 1 . int16 xq -> <16
     return out
 
 
-def _pair_sums_vnni(builder, qrow, xq, g):  # groups g, g + 1 . int8 xq -> one <16 x i32>
+def _pair_sums_vnni(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq -> one <16 x i32>
     """One vpdpbusd (AVX512-VNNI: unsigned bytes times signed bytes, four to a lane) for 64
-    weights: lanes 0-7 hold group g's sums, 8-15 group g + 1's."""
+    weights: lanes 0-7 hold group g's sums, 8-15 group g + 1's. int5 (hb not None): the two
+    groups' 64 high bits, one 8-byte load, or-ed in as 16s (values 0..31 are still unsigned bytes)."""
     raw = _vec(builder, builder.gep(qrow, [builder.mul(g, _I64(_HALF))]), GROUP, ir.IntType(8), 1)
     b32 = ir.VectorType(ir.IntType(8), GROUP)
     lo, hi = builder.and_(raw, ir.Constant(b32, [15] * GROUP)), builder.lshr(raw, ir.Constant(b32, [4] * GROUP))
     q = builder.shuffle_vector(lo, hi, _const([*range(0, 16), *range(32, 48), *range(16, 32), *range(48, 64)]))
+    if hb is not None:
+        q = builder.or_(q, _high(builder, hb, g, 2 * GROUP, ir.IntType(8)))
     x = _vec(builder, builder.gep(xq, [builder.mul(g, _I64(GROUP))]), 2 * GROUP, ir.IntType(8), 1)
     v16 = ir.VectorType(_I32, 16)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.x86.avx512.vpdpbusd.512")
     return builder.call(fn, [ir.Constant(v16, [0] * 16), builder.bitcast(q, v16), builder.bitcast(x, v16)])
 
 
-def _group_sums(builder, qrow, xq, g):  # one group g . xq (int8 or int16) -> i32 scalar
+def _group_sums(builder, qrow, xq, g, hb):  # one group g . xq (int8 or int16) -> i32 scalar
     lo, hi = _nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))
     q = builder.shuffle_vector(lo, hi, _const(range(GROUP)))
+    if hb is not None:
+        q = builder.or_(q, _high(builder, hb, g, GROUP, _I32))
     x = builder.sext(_vec(builder, builder.gep(xq, [builder.mul(g, _I64(GROUP))]), GROUP, xq.type.pointee, 2),
                      ir.VectorType(_I32, GROUP))
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [ir.VectorType(_I32, GROUP)]),
@@ -120,110 +114,129 @@ def _group_sums(builder, qrow, xq, g):  # one group g . xq (int8 or int16) -> i3
     return builder.call(fn, [builder.mul(q, x)])
 
 
-@intrinsic
-def _group_dot(typingctx, Q, i, DM, xq, sx, xsum, xerr):
-    """sum_g d[i, g] (sx[g] (q[i, g, :] . xq[32 g : 32 g + 32]) + xerr[g]) + m[i, g] xsum[g],
-    float32. Q (out, in/2) uint8, DM (out, in/32, 2) float16 bits [d, m] as uint16, xq (in,) int8
-    (VNNI) or int16, sx, xsum and xerr (in/32,) float32, all C-contiguous.
+def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bits 5) rows
+    def _group_dot(typingctx, Q, i, DM, xq, sx, xsum, xerr):
+        """sum_g d[i, g] (sx[g] (q[i, g, :] . xq[32 g : 32 g + 32]) + xerr[g]) + m[i, g] xsum[g],
+        float32. Q (out, in/2) uint8 (int5: (out, 5 in/8), the nibbles then the high bits), DM (out, in/32, 2) float16 bits [d, m] as uint16, xq (in,) int8
+        (VNNI) or int16, sx, xsum and xerr (in/32,) float32, all C-contiguous.
 
-    Groups go 8 at a time (768 columns: 3 blocks): their 8 [d, m] pairs are one 32-byte load,
-    split into d and m vectors; d * sx is each group's scale, a lane of a vector (a permute)
-    rather than a scalar load, conversion and broadcast; the m terms of the 8 are one
-    multiply-add. Leftover groups (rows not a multiple of 256) go one at a time. Against one
-    group at a time with the m terms in a scalar loop (a 4-cycle chain per group), int16, one
-    core, matrix in cache, interleaved runs: 768 x 768 13.4-14.3 -> 15.0-17.6 G weights/s,
-    256 x 3072 13.6-15.5 -> 18.6-21.2; VNNI on int8 x, streaming from memory, 169M shapes:
-    12.1-17.5 -> 18.9-25.5 (in cache 10.5-16.2 -> 27.4-29.8)."""
-    vnni = xq.dtype == types.int8
+        Groups go 8 at a time (768 columns: 3 blocks): their 8 [d, m] pairs are one 32-byte load,
+        split into d and m vectors; d * sx is each group's scale, a lane of a vector (a permute)
+        rather than a scalar load, conversion and broadcast; the m terms of the 8 are one
+        multiply-add. Leftover groups (rows not a multiple of 256) go one at a time. Against one
+        group at a time with the m terms in a scalar loop (a 4-cycle chain per group), int16, one
+        core, matrix in cache, interleaved runs: 768 x 768 13.4-14.3 -> 15.0-17.6 G weights/s,
+        256 x 3072 13.6-15.5 -> 18.6-21.2; VNNI on int8 x, streaming from memory, 169M shapes:
+        12.1-17.5 -> 18.9-25.5 (in cache 10.5-16.2 -> 27.4-29.8)."""
+        vnni = xq.dtype == types.int8
 
-    def codegen(context, builder, sig, args):
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        qrow = _row(context, builder, sig.args[0], args[0], i)
-        dmrow = _row(context, builder, sig.args[2], args[2], i)
-        xp, sxp, xsp, xep = (_data(context, builder, sig.args[k], args[k]) for k in (3, 4, 5, 6))
-        groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 1)
-        v8, v16 = ir.VectorType(_F32, 8), ir.VectorType(_F32, 16)
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(v16, [0.0] * 16)) for _ in range(2)]
-        macc = cgutils.alloca_once_value(builder, ir.Constant(v8, [0.0] * 8))    # the m terms
-        rest = cgutils.alloca_once_value(builder, _F32(0.0))                      # leftover groups
+        def codegen(context, builder, sig, args):
+            i = context.cast(builder, args[1], sig.args[1], types.intp)
+            qrow = _row(context, builder, sig.args[0], args[0], i)
+            dmrow = _row(context, builder, sig.args[2], args[2], i)
+            xp, sxp, xsp, xep = (_data(context, builder, sig.args[k], args[k]) for k in (3, 4, 5, 6))
+            groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 1)
+            hb = builder.gep(qrow, [builder.mul(groups, _I64(_HALF))]) if bits == 5 else None
+            v8, v16 = ir.VectorType(_F32, 8), ir.VectorType(_F32, 16)
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(v16, [0.0] * 16)) for _ in range(2)]
+            macc = cgutils.alloca_once_value(builder, ir.Constant(v8, [0.0] * 8))    # the m terms
+            rest = cgutils.alloca_once_value(builder, _F32(0.0))                      # leftover groups
 
-        def add(a, x, y):  # a += x * y
-            builder.store(builder.fadd(builder.load(a), builder.fmul(x, y, flags=_FAST), flags=_FAST), a)
+            def add(a, x, y):  # a += x * y
+                builder.store(builder.fadd(builder.load(a), builder.fmul(x, y, flags=_FAST), flags=_FAST), a)
 
-        blocks = builder.lshr(groups, _I64(3))
-        with cgutils.for_range(builder, blocks) as loop:  # 8 groups
-            g0 = builder.shl(loop.index, _I64(3))
-            pairs = _vec(builder, builder.gep(dmrow, [builder.shl(g0, _I64(1))]), 16, ir.IntType(16), 2)
-            d, m = (builder.fpext(builder.bitcast(builder.shuffle_vector(pairs, pairs, _const(range(k, 16, 2))),
-                                                  ir.VectorType(ir.HalfType(), 8)), v8) for k in (0, 1))
-            ds = builder.fmul(d, _vec(builder, builder.gep(sxp, [g0]), 8, _F32, 4), flags=_FAST)
-            add(macc, m, _vec(builder, builder.gep(xsp, [g0]), 8, _F32, 4))
-            add(macc, d, _vec(builder, builder.gep(xep, [g0]), 8, _F32, 4))
-            for k in range(0, 8, 2):
-                g = builder.add(g0, _I64(k))
-                if vnni:
-                    sums = [_pair_sums_vnni(builder, qrow, xp, g)]
-                    scales = [builder.shuffle_vector(ds, ds, _const([k] * 8 + [k + 1] * 8))]
-                else:
-                    sums = _pair_sums_int16(builder, qrow, xp, g)
-                    scales = [builder.shuffle_vector(ds, ds, _const([k + j] * 16)) for j in (0, 1)]
-                for j, (s, scale) in enumerate(zip(sums, scales)):
-                    add(acc[(k // 2 + j) % 2], builder.sitofp(s, v16), scale)
-        with cgutils.for_range(builder, builder.sub(groups, builder.shl(blocks, _I64(3)))) as loop:
-            g = builder.add(builder.shl(blocks, _I64(3)), loop.index)
-            half = lambda k: builder.fpext(builder.bitcast(builder.load(builder.gep(  # noqa: E731
-                dmrow, [builder.add(builder.shl(g, _I64(1)), _I64(k))])), ir.HalfType()), _F32)
-            add(rest, builder.fmul(builder.sitofp(_group_sums(builder, qrow, xp, g), _F32), half(0), flags=_FAST),
-                builder.load(builder.gep(sxp, [g])))
-            add(rest, half(1), builder.load(builder.gep(xsp, [g])))
-            add(rest, half(0), builder.load(builder.gep(xep, [g])))
-        total = builder.fadd(builder.load(acc[0]), builder.load(acc[1]), flags=_FAST)
-        reduce = lambda v, n: builder.call(cgutils.get_or_insert_function(  # noqa: E731
-            builder.module, ir.FunctionType(_F32, [_F32, v.type]), f"llvm.vector.reduce.fadd.v{n}f32"),
-            [_F32(0.0), v], fastmath=_FAST)
-        return builder.fadd(builder.fadd(reduce(total, 16), reduce(builder.load(macc), 8), flags=_FAST),
-                            builder.load(rest), flags=_FAST)
-    if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and isinstance(i, types.Integer) and \
-            isinstance(xq, types.Array) and xq.dtype in (types.int8, types.int16) and _c(xq, 1, xq.dtype) \
-            and _c(sx, 1, types.float32) and _c(xsum, 1, types.float32) and _c(xerr, 1, types.float32):
-        return types.float32(Q, i, DM, xq, sx, xsum, xerr), codegen
-
-
-def _c(t, ndim, dtype):  # a C-contiguous array type of that rank and dtype
-    return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C" and t.dtype == dtype
+            blocks = builder.lshr(groups, _I64(3))
+            with cgutils.for_range(builder, blocks) as loop:  # 8 groups
+                g0 = builder.shl(loop.index, _I64(3))
+                pairs = _vec(builder, builder.gep(dmrow, [builder.shl(g0, _I64(1))]), 16, ir.IntType(16), 2)
+                d, m = (builder.fpext(builder.bitcast(builder.shuffle_vector(pairs, pairs, _const(range(k, 16, 2))),
+                                                      ir.VectorType(ir.HalfType(), 8)), v8) for k in (0, 1))
+                ds = builder.fmul(d, _vec(builder, builder.gep(sxp, [g0]), 8, _F32, 4), flags=_FAST)
+                add(macc, m, _vec(builder, builder.gep(xsp, [g0]), 8, _F32, 4))
+                add(macc, d, _vec(builder, builder.gep(xep, [g0]), 8, _F32, 4))
+                for k in range(0, 8, 2):
+                    g = builder.add(g0, _I64(k))
+                    if vnni:
+                        sums = [_pair_sums_vnni(builder, qrow, xp, g, hb)]
+                        scales = [builder.shuffle_vector(ds, ds, _const([k] * 8 + [k + 1] * 8))]
+                    else:
+                        sums = _pair_sums_int16(builder, qrow, xp, g, hb)
+                        scales = [builder.shuffle_vector(ds, ds, _const([k + j] * 16)) for j in (0, 1)]
+                    for j, (s, scale) in enumerate(zip(sums, scales)):
+                        add(acc[(k // 2 + j) % 2], builder.sitofp(s, v16), scale)
+            with cgutils.for_range(builder, builder.sub(groups, builder.shl(blocks, _I64(3)))) as loop:
+                g = builder.add(builder.shl(blocks, _I64(3)), loop.index)
+                half = lambda k: builder.fpext(builder.bitcast(builder.load(builder.gep(  # noqa: E731
+                    dmrow, [builder.add(builder.shl(g, _I64(1)), _I64(k))])), ir.HalfType()), _F32)
+                add(rest, builder.fmul(builder.sitofp(_group_sums(builder, qrow, xp, g, hb), _F32), half(0), flags=_FAST),
+                    builder.load(builder.gep(sxp, [g])))
+                add(rest, half(1), builder.load(builder.gep(xsp, [g])))
+                add(rest, half(0), builder.load(builder.gep(xep, [g])))
+            total = builder.fadd(builder.load(acc[0]), builder.load(acc[1]), flags=_FAST)
+            reduce = lambda v, n: builder.call(cgutils.get_or_insert_function(  # noqa: E731
+                builder.module, ir.FunctionType(_F32, [_F32, v.type]), f"llvm.vector.reduce.fadd.v{n}f32"),
+                [_F32(0.0), v], fastmath=_FAST)
+            return builder.fadd(builder.fadd(reduce(total, 16), reduce(builder.load(macc), 8), flags=_FAST),
+                                builder.load(rest), flags=_FAST)
+        if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and isinstance(i, types.Integer) and \
+                isinstance(xq, types.Array) and xq.dtype in (types.int8, types.int16) and _c(xq, 1, xq.dtype) \
+                and _c(sx, 1, types.float32) and _c(xsum, 1, types.float32) and _c(xerr, 1, types.float32):
+            return types.float32(Q, i, DM, xq, sx, xsum, xerr), codegen
+    _group_dot.__name__ = _group_dot.__qualname__ = f"_group_dot{bits}"
+    return intrinsic(_group_dot)
 
 
-@intrinsic
-def _widen_row(typingctx, Q, i, DM, out):
-    """out[:] = row i as float32, q * d + m group by group; out (in,) float32 C-contiguous."""
-    def codegen(context, builder, sig, args):
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        qrow = _row(context, builder, sig.args[0], args[0], i)
-        dmrow = _row(context, builder, sig.args[2], args[2], i)
-        op = _data(context, builder, sig.args[3], args[3])
-        groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 1)
-        with cgutils.for_range(builder, groups) as loop:
-            g = loop.index
-            d, m = _scale(builder, dmrow, g, 0), _scale(builder, dmrow, g, 1)
-            base = builder.gep(op, [builder.mul(g, _I64(GROUP))])
-            for k, half in enumerate(_nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))):
-                value = builder.fadd(builder.fmul(builder.sitofp(half, _VF), d, flags=_FAST), m, flags=_FAST)
-                builder.store(value, builder.bitcast(builder.gep(base, [_I64(k * _HALF)]), _VF.as_pointer()), align=4)
-        return context.get_dummy_value()
-    if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and _c(out, 1, types.float32) and isinstance(i, types.Integer):
-        return types.void(Q, i, DM, out), codegen
+_group_dot, _group_dot5 = _group_dot_of(4), _group_dot_of(5)
+
+
+def _widen_row_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bits 5) rows
+    def _widen_row(typingctx, Q, i, DM, out):
+        """out[:] = row i as float32, q * d + m group by group; out (in,) float32 C-contiguous."""
+        def codegen(context, builder, sig, args):
+            i = context.cast(builder, args[1], sig.args[1], types.intp)
+            qrow = _row(context, builder, sig.args[0], args[0], i)
+            dmrow = _row(context, builder, sig.args[2], args[2], i)
+            op = _data(context, builder, sig.args[3], args[3])
+            groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 1)
+            hb = builder.gep(qrow, [builder.mul(groups, _I64(_HALF))])
+            with cgutils.for_range(builder, groups) as loop:
+                g = loop.index
+                d, m = _scale(builder, dmrow, g, 0), _scale(builder, dmrow, g, 1)
+                base = builder.gep(op, [builder.mul(g, _I64(GROUP))])
+                for k, half in enumerate(_nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))):
+                    if bits == 5:  # value j = nibble | (bit j << 4)
+                        high = _high(builder, hb, g, GROUP, _I32)
+                        half = builder.or_(half, builder.shuffle_vector(high, high, _const(range(k * _HALF, (k + 1) * _HALF))))
+                    value = builder.fadd(builder.fmul(builder.sitofp(half, _VF), d, flags=_FAST), m, flags=_FAST)
+                    builder.store(value, builder.bitcast(builder.gep(base, [_I64(k * _HALF)]), _VF.as_pointer()), align=4)
+            return context.get_dummy_value()
+        if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and _c(out, 1, types.float32) and isinstance(i, types.Integer):
+            return types.void(Q, i, DM, out), codegen
+    _widen_row.__name__ = _widen_row.__qualname__ = f"_widen_row{bits}"
+    return intrinsic(_widen_row)
+
+
+_widen_row4, _widen_row5 = _widen_row_of(4), _widen_row_of(5)
 
 
 @njit(fastmath=True)
-def rows_int4(Q, DM, x, y, i0, i1, buf):  # Q (out, in/2), DM (out, in/32, 2) bits, y (N, out)
-    """y[:, i] = x @ W[i] for i0 <= i < i1; x as `activations_int4` made it."""
+def rows_int4(Q, kind, DM, x, y, i0, i1, buf):  # Q (out, in/2 or 5 in/8), DM (out, in/32, 2) bits
+    """y[:, i] = x @ W[i] for i0 <= i < i1, y (N, out); kind I4 or I5 (a run-time int: one
+    compiled version for both); x as `activations_int4` made it."""
     if x[1].shape[0] == 1:  # one float32 row, rounded to int16: integer products
         xq, sx, xsum, xerr = x[1][0], x[2][0], x[3][0], x[4][0]
-        for i in range(i0, i1):  # (prefetching rows 2-8 KB ahead, as int8 does: no gain measured)
-            y[0, i] = _group_dot(Q, i, DM, xq, sx, xsum, xerr)
+        if kind == I5:
+            for i in range(i0, i1):
+                y[0, i] = _group_dot5(Q, i, DM, xq, sx, xsum, xerr)
+        else:
+            for i in range(i0, i1):  # (prefetching rows 2-8 KB ahead, as int8 does: no gain measured)
+                y[0, i] = _group_dot(Q, i, DM, xq, sx, xsum, xerr)
         return
     for i in range(i0, i1):  # batches, float64: widen the row once, use it for every row of x
-        _widen_row(Q, i, DM, buf)
+        if kind == I5:
+            _widen_row5(Q, i, DM, buf)
+        else:
+            _widen_row4(Q, i, DM, buf)
         dot_rows(buf, x[0], y, i)
 
 
@@ -237,25 +250,26 @@ def _has_vnni() -> bool:  # the CPU Numba compiles for has AVX512-VNNI (vpdpbusd
 
 VNNI = _has_vnni()
 XQ, LEVELS = (np.int8, 127) if VNNI else (np.int16, 32767)  # x's rounding: int8 for vpdpbusd, else
-# int16 for pmaddwd (a group's int16 sums, 32 * 15 * 32767 at most, cannot overflow int32)
+# int16 for pmaddwd (a group's int16 sums, 32 * 31 * 32767 at most, cannot overflow int32)
 
 
 @njit
-def activations_int4(x, rounds):  # x (N, in) -> (x, xq (1, in), sx, xsum, xerr (1, in/32))
+def activations_int4(x, rounds, kind):  # x (N, in) -> (x, xq (1, in), sx, xsum, xerr (1, in/32))
     """For one float32 row (rounds: x is float32), each group of 32 rounded on its own scale:
     x[j] ~= sx[g] xq[j], |xq| <= LEVELS (int8 for VNNI, else int16); x's float32 sums per group;
-    and xerr[g] = 7.5 (xsum[g] - sx[g] sum_j xq[j]). Else x alone (the float path) and empty
+    and xerr[g] = c (xsum[g] - sx[g] sum_j xq[j]), c = 7.5 for int4 (kind I4), 15.5 for int5:
+    the centre of the values 0..15 (0..31). Else x alone (the float path) and empty
     arrays.
 
     Why xerr: the integer products take q in 0..15, so the rounding of x meets d q, which sits
     off zero by about the group's whole range; d * xerr moves it to d (q - 7.5), centred like
     the weights, at one multiply-add per group: int8 x against a random 70 x 768 matrix, error
     1.6e-2 -> 4.0e-3 of max |y| (the m terms take x's exact sums either way)."""
-    return quantize_x(x, rounds, XQ, LEVELS)
+    return quantize_x(x, rounds, XQ, LEVELS, 15.5 if kind == I5 else 7.5)
 
 
 @njit
-def quantize_x(x, rounds, dtype, levels):  # activations_int4 with xq of this dtype and range
+def quantize_x(x, rounds, dtype, levels, centre=7.5):  # activations_int4, xq of this dtype and range
     N, n = x.shape
     groups = n // GROUP
     xq = np.zeros((1 if N == 1 and rounds else 0, n), dtype)
@@ -275,11 +289,14 @@ def quantize_x(x, rounds, dtype, levels):  # activations_int4 with xq of this dt
                 xq[0, j] = np.rint(x[0, j] * inv)
                 qsum += xq[0, j]
         sx[0, g] = np.float32(top / np.float64(levels)) if finite else np.float32(np.nan)  # NaN in, NaN out
-        xerr[0, g] = np.float32(7.5) * (xsum[0, g] - sx[0, g] * np.float32(qsum))
+        xerr[0, g] = np.float32(centre) * (xsum[0, g] - sx[0, g] * np.float32(qsum))
     return x, xq, sx, xsum, xerr
 
 
 @njit(nogil=True)  # prompts widen blocks on linear's thread pool: no GIL, so they run at once
-def widen_rows(Q, DM, r0, out):  # rows r0 : r0 + len(out) of the matrix -> out (n, in) float32
+def widen_rows(Q, kind, DM, r0, out):  # rows r0 : r0 + len(out) of the matrix -> out (n, in) float32
     for i in range(out.shape[0]):
-        _widen_row(Q, r0 + i, DM, out[i])
+        if kind == I5:
+            _widen_row5(Q, r0 + i, DM, out[i])
+        else:
+            _widen_row4(Q, r0 + i, DM, out[i])

@@ -7,6 +7,7 @@
   "int8"                 Int8Weight: W[i, j] ~= q[i, j] * row_scale[i] * col_scale[j]
   "int4"                 Int4Weight (storage_int4.py): 4-bit values in groups of 32 along a row,
                          a float16 scale and minimum per group; rows of other lengths stay int8
+  "int5"                 the same with 5-bit values (6 bits a weight, as rwkv.cpp's Q5_1)
 
 The kernels of linear.py take any of them in one form, `packed(W)`: a tuple (array, kind,
 row_scale) that Numba compiles a version of per array dtype, and widen elements to float32 in
@@ -20,7 +21,7 @@ from numba.core.extending import intrinsic
 from .errors import InputError, ModelFileError
 from .storage_int4 import GROUP, Int4Weight, quantize_int4
 
-STORAGES = ("float32", "float64", "float16", "bfloat16", "int8", "int4")
+STORAGES = ("float32", "float64", "float16", "bfloat16", "int8", "int4", "int5")
 
 COMPUTE_DTYPES = ("float32", "float64")  # the precisions the models compute in
 
@@ -37,7 +38,7 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(d.name)  # native byte order
 
 
-FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind (I4 = 4: storage_int4.py)
+FLOAT, F16, BF16, I8 = 0, 1, 2, 3  # kind (I4 = 4, I5 = 5: storage_int4.py)
 NO_SCALE = np.ones(0, np.float32)
 
 
@@ -114,7 +115,7 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
     float32/float64/float16 give a contiguous ndarray; bfloat16 rounds to nearest-even (as
     torch's .to(torch.bfloat16)); int8 uses per-row scales max|W[i]|/127, and with
     col_scales=True first divides each column by its max |W[:, j]| (helps outlier columns);
-    int4 is storage_int4.quantize_int4, for rows that are whole groups of 32 (else int8).
+    int4 / int5 is storage_int4.quantize_int4, for rows that are whole groups of 32 (else int8).
     """
     if storage not in STORAGES:
         raise InputError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
@@ -126,8 +127,8 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
     W = np.ascontiguousarray(W, dtype=np.float32)
     if storage == "bfloat16":
         return Bfloat16(float32_to_bf16(W))
-    if storage == "int4" and W.shape[1] % GROUP == 0 and not col_scales:
-        return quantize_int4(W)
+    if storage in ("int4", "int5") and W.shape[1] % GROUP == 0 and not col_scales:
+        return quantize_int4(W, int(storage[3]))
     col_scale = None
     if col_scales:
         col_scale = np.abs(W).max(axis=0)
@@ -139,7 +140,7 @@ def prepare_weight(W: np.ndarray, storage: str = "float32", col_scales: bool = F
     return Int8Weight(q, row_scale, col_scale)
 
 
-EDGE_STORAGE = {"int4": "int8"}  # the embedding and the head of an int4 model stay int8: one
+EDGE_STORAGE = {"int4": "int8", "int5": "int8"}  # the embedding and the head of an int4 (int5) model stay int8: one
 # embedding row is read per token, so 4 bits buy no speed there, and 4 bits cost most on these two
 # (demo model, KL to float32 with only that matrix int4: embedding 1.5e-3, head 1.8e-3; every
 # layer matrix at once 2.8e-3). The int8 head is 18% more bytes per 169M token (96 vs 81 MB).
@@ -151,8 +152,8 @@ def storage_of(dtype, weights: str | None, edge: bool = False):
     embedding and the head (EDGE_STORAGE).
 
     weights=None keeps each matrix as it is on disk, memory-mapped, not copied: float32, float16,
-    bfloat16, int8 or int4 (`rwkv-np quantize` files; a float64 model widens 16-bit and quantized
-    matrices to float64); "float32", "float16", "bfloat16", "int8" or "int4" stores every matrix
+    bfloat16, int8, int4 or int5 (`rwkv-np quantize` files; a float64 model widens 16-bit and quantized
+    matrices to float64); "float32", "float16", "bfloat16", "int8", "int4" or "int5" stores every matrix
     that way (16-bit and quantized ones are widened inside linear's kernels: half / a quarter /
     about a sixth of the bytes per token; a quantized file asked for its own storage stays
     mapped, asked for another is dequantized first)."""
@@ -165,7 +166,7 @@ def storage_of(dtype, weights: str | None, edge: bool = False):
         if isinstance(x, (Int8Weight, Int4Weight)):
             if weights == x.storage or (weights is None and dtype == np.float32):
                 return x
-            if weights == "int4" and x.shape[1] % GROUP:  # int4's int8 rows
+            if weights in ("int4", "int5") and x.shape[1] % GROUP:  # int4's (int5's) int8 rows
                 return x
             x = x.to_float32()
         if weights is None and dtype == np.float32 and (x.dtype == np.float16 or isinstance(x, Bfloat16)):
@@ -214,7 +215,7 @@ def packed(W):  # stored weight -> ((array, kind, row_scale), col_scale or None)
         return (bits.view(np.uint32) if W.shape[1] % 2 == 0 else bits, BF16, NO_SCALE), None
     if isinstance(W, Int8Weight):
         return (W.q, I8, W.row_scale), W.col_scale
-    if isinstance(W, Int4Weight):  # (q, I4, [d, m] bits)
+    if isinstance(W, Int4Weight):  # (q, I4 or I5, [d, m] bits)
         return W.packed(), None
     raise InputError(f"linear: unsupported weight {type(W).__name__} "
                      f"{getattr(W, 'dtype', '')}; use prepare_weight")

@@ -320,7 +320,7 @@ def bench_models(args, directory) -> dict:
         (write_v7_pth if v7 else write_pth)(directory)  # once, outside the timed processes
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
-        # bf16, int8 and int4 run from files of their own, as deployed (`rwkv-np convert --dtype
+        # bf16, int8, int4 and int5 run from files of their own, as deployed (`rwkv-np convert --dtype
         # bfloat16`, `rwkv-np quantize [--bits 4]`): memory-mapped, not converted at every load.
         dirs = {s: directory for s in args.storage}
         if "bfloat16" in dirs:
@@ -329,9 +329,10 @@ def bench_models(args, directory) -> dict:
         if "int8" in dirs:
             dirs["int8"] = os.path.join(tmp, "int8")
             quantize(directory, dirs["int8"])
-        if "int4" in dirs:  # `rwkv-np quantize --bits 4`
-            dirs["int4"] = os.path.join(tmp, "int4")
-            quantize(directory, dirs["int4"], bits=4)
+        for bits in (4, 5):  # `rwkv-np quantize --bits 4` / `--bits 5`
+            if f"int{bits}" in dirs:
+                dirs[f"int{bits}"] = os.path.join(tmp, f"int{bits}")
+                quantize(directory, dirs[f"int{bits}"], bits=bits)
         if args.peers:  # rwkv.cpp FP32, FP16, Q8_0, Q5_1 from the same .pth (its converter reads v4 and v7)
             cpp = peer_rwkvcpp.make_files(os.path.join(directory, "model.pth"), args.rwkvcpp, tmp)
             engines += [("rwkvcpp", f) for f in cpp]
@@ -436,7 +437,7 @@ def main() -> None:
     p.add_argument("--shape", choices=sorted(SHAPES) + sorted(V7_SHAPES) + sorted(V56_SHAPES), default="169m",
                    help="random model shape (v7-*: RWKV-7; v6-0.1b, v5.2-0.1b: tools/bench_v56.py runs them)")
     p.add_argument("--model", help="an HF model directory instead of a random model")
-    p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8", "int4"])
+    p.add_argument("--storage", nargs="+", choices=STORAGES, default=["float32", "bfloat16", "int8", "int4", "int5"])
     p.add_argument("--peers", action="store_true", help="also run HF transformers, BlinkDL rwkv and rwkv.cpp")
     p.add_argument("--rwkvcpp", metavar="DIR", help="rwkv.cpp tree built by build_rwkvcpp.sh (default: "
                    "$TMPDIR/rwkvcpp, built there if the shared script exists)")

@@ -32,7 +32,7 @@ DEFAULT_DIR = os.path.join(tempfile.gettempdir(), "rwkvcpp")  # the build script
 TREE_ENV = "RWKV_NP_BENCH_RWKVCPP"  # how the engine processes learn where the tree is
 FORMATS = ("FP32", "FP16", "Q8_0", "Q5_1")
 # rwkv_np storage -> the rwkv.cpp format it is held against (issue 19's pairs)
-PAIRS = {"float32": "FP32", "bfloat16": "FP16", "int8": "Q8_0", "int4": "Q5_1"}
+PAIRS = {"float32": "FP32", "bfloat16": "FP16", "int8": "Q8_0", "int4": "Q5_1", "int5": "Q5_1"}
 PREFILL_VS_FP32, BATCH8_VS_SINGLE = 1.5, 3.0  # issue 19: prompts >= 1.5x FP32, batch-8 >= 3x
 
 

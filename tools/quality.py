@@ -17,7 +17,8 @@ order of accumulation, not from the weights. bfloat16 keeps 8 significant bits o
 (F16 has 11); int8 keeps 255 levels per row (scale max|W[i]| / 127). A last row, "int8 decode",
 runs the first two windows token by token (B = 1), where int8 also rounds the activations to
 int16 (linear.activations), against float32 decoded the same way; "int4" and "int4 decode" the
-same for 4-bit groups of 32 (storage_int4.py: embedding and head int8).
+same for 4-bit groups of 32 (storage_int4.py: embedding and head int8), "int5" / "int5 decode"
+for 5-bit ones (6 bits a weight, as rwkv.cpp's Q5_1).
 
 --shape 169m measures a random model of that shape (tools/bench.py's weights) instead, on the
 text's GPT-NeoX tokens (--model DIR: any HF directory, its tokenizer). With --rwkvcpp DIR (a
@@ -31,7 +32,8 @@ their weights alone (rwkv.cpp also rounds activations to 8 bits inside its produ
 dequantized to float32 in one of several roundings (embedding and head int8, as an int4 model
 keeps them), run by rwkv_np in float32 against float32, one row each with its bits per layer
 weight: min/max groups of 32 (no search), int4 as stored (storage_int4.quantize_int4), 5-bit
-min/max groups of 32 (the rounding of rwkv.cpp's Q5_1, 6 bits a weight), then int4 with one
+min/max groups of 32 (the rounding of rwkv.cpp's Q5_1, 6 bits a weight), int5 as stored (the
+same 6 bits, storage_int4's search over 31 levels), then int4 with one
 matrix kind (or a set of kinds) kept int8.
 """
 import argparse
@@ -49,8 +51,8 @@ from rwkv_np import RwkvForCausalLM  # noqa: E402
 from rwkv_np.compare import logit_agreement  # noqa: E402
 
 TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-STORAGES = ("float16", "bfloat16", "int8", "int4")  # each compared with weights="float32"
-DECODED = ("int8", "int4")  # storages whose B = 1 steps round x to int16 too: a decode row each
+STORAGES = ("float16", "bfloat16", "int8", "int4", "int5")  # each compared with weights="float32"
+DECODED = ("int8", "int4", "int5")  # storages whose B = 1 steps round x to int16 too: a decode row each
 WINDOW = 512
 
 
@@ -132,6 +134,8 @@ def int4_study(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
                 dict.fromkeys(layer, 4 + 32 / GROUP)),
             row("int4 (as stored)", int4, dict.fromkeys(layer, 4 + 32 / GROUP)),
             row("min/max 5-bit, groups of 32 (Q5_1's rounding)", {n: minmax_groups(tensors[n], 31) for n in layer},
+                dict.fromkeys(layer, 5 + 32 / GROUP)),
+            row("int5 (as stored)", {n: quantize_int4(tensors[n], 5).to_float32() for n in layer},
                 dict.fromkeys(layer, 5 + 32 / GROUP))]
     for kinds in KEPT_INT8:
         kept = [n for n in layer if any(n.endswith(f".{k}.weight") for k in kinds)]

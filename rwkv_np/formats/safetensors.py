@@ -15,8 +15,12 @@ which `read_files` pairs into one storage object of two views of the map:
                    (out, in/32, 2), each group's [d, m]: W[i, 32 g + j] ~= d q + m with q the
                    low nibble of byte 16 g + j for j < 16, the high nibble of byte 16 g + j - 16
                    after (storage_int4.py)                                   -> Int4Weight
-An int4 file keeps its embedding and head (and any matrix whose rows are not whole groups of 32)
-int8. The metadata says "rwkv_np.storage": "int8" or "int4".
+  int5 (--bits 5)  `name` U8 (out, 5 in/8): each row its in/2 int4-layout bytes of the low 4 bits,
+                   then in/8 bytes of fifth bits (group g's 4 bytes a little-endian uint32, bit j
+                   of value j), and the same `name + SCALE`; which of the two a U8 tensor is
+                   follows from its width against its scales'             -> Int4Weight
+An int4 (int5) file keeps its embedding and head (and any matrix whose rows are not whole groups
+of 32) int8. The metadata says "rwkv_np.storage": "int8", "int4" or "int5".
 """
 from __future__ import annotations
 
@@ -161,12 +165,13 @@ def _quantized_matrices(tensors: dict, where: dict) -> dict:
 
 def _int4(name, q, dm, where) -> Int4Weight:  # U8 values and their F16 [d, m] -> Int4Weight
     file = where[name]
-    if q.ndim != 2 or q.shape[1] % (GROUP // 2):
+    if q.ndim != 2 or q.shape[1] % (GROUP // 2) and q.shape[1] % (5 * GROUP // 8):
         raise ModelFileError(f"{file}: tensor {name} is U8 with shape {q.shape}; only int4 matrices (out, in/2) "
-                             f"with in a multiple of {GROUP} may be U8")
-    want = (q.shape[0], 2 * q.shape[1] // GROUP, 2)
+                             f"and int5 ones (out, 5 in/8) with in a multiple of {GROUP} may be U8")
     if dm is None:
         raise ModelFileError(f"{file}: int4 tensor {name} has no scales {name + SCALE}")
+    groups = dm.shape[1] if dm.ndim == 3 and q.shape[1] == 5 * GROUP * dm.shape[1] // 8 else 2 * q.shape[1] // GROUP
+    want = (q.shape[0], groups, 2)  # int5 when q is 5/8 of the scales' columns wide, else int4
     if dm.dtype != np.float16 or dm.shape != want:
         got = "bfloat16" if isinstance(dm, Bfloat16) else dm.dtype
         raise ModelFileError(f"{where[name + SCALE]}: scales {name + SCALE} are {got} {dm.shape}, "

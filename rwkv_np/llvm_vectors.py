@@ -1,0 +1,44 @@
+"""Small helpers for writing Numba intrinsics as LLVM IR on whole vectors (linear_int4.py's
+kernels): pointers into array arguments, vector loads, splats, constant lane lists."""
+from llvmlite import ir
+from numba import types
+
+F32, I64, I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+FAST = ("fast",)
+
+
+def data(context, builder, aryty, ary):  # an array argument -> pointer to its first element
+    return context.make_array(aryty)(context, builder, ary).data
+
+
+def row(context, builder, aryty, ary, i):  # pointer to row i of a C-contiguous 2-D or 3-D array
+    a = context.make_array(aryty)(context, builder, ary)
+    size = builder.extract_value(a.shape, 1)
+    if aryty.ndim == 3:
+        size = builder.mul(size, builder.extract_value(a.shape, 2))
+    return builder.gep(a.data, [builder.mul(i, size)])
+
+
+def splat(builder, value, n):  # scalar -> <n x type(value)>, every lane the value
+    vec = ir.Constant(ir.VectorType(value.type, n), None)
+    vec = builder.insert_element(vec, value, I32(0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, n), [0] * n))
+
+
+def vec(builder, ptr, n, type_, align):  # load <n x type_> at ptr
+    return builder.load(builder.bitcast(ptr, ir.VectorType(type_, n).as_pointer()), align=align)
+
+
+def const(values):  # an <n x i32> constant (shuffle masks, lane indices)
+    return ir.Constant(ir.VectorType(I32, len(values)), list(values))
+
+
+def bits_as_lanes(builder, ptr, n, elem):  # n bits at byte pointer ptr -> <n x elem>, lane j = bit j
+    """n/8 bytes read as one little-endian integer, bitcast to <n x i1> (lane j is bit j: on x86 a
+    mask register, kmov) and zero-extended to n lanes of 0 or 1."""
+    word = builder.load(builder.bitcast(ptr, ir.IntType(n).as_pointer()), align=1)
+    return builder.zext(builder.bitcast(word, ir.VectorType(ir.IntType(1), n)), ir.VectorType(elem, n))
+
+
+def c_array(t, ndim, dtype):  # a C-contiguous array type of that rank and dtype
+    return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C" and t.dtype == dtype
