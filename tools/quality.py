@@ -37,6 +37,7 @@ same 6 bits, storage_int4's search over 31 levels), then int4 with one
 matrix kind (or a set of kinds) kept int8.
 """
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -109,9 +110,10 @@ def minmax_groups(W: np.ndarray, levels: int) -> np.ndarray:  # (out, in) -> (ou
     return (q * d + m).reshape(W.shape)
 
 
-def int4_study(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
+def int4_study(ids: np.ndarray, model=rwkv_np.DEMO_MODEL, labels=None) -> list[dict]:
     """KL to float32 of RWKV-4 `model` with its layer matrices rounded several ways (module
-    docstring, --int4-study); rows also carry bits_per_weight, over the layer matrices."""
+    docstring, --int4-study); rows also carry bits_per_weight, over the layer matrices. labels:
+    only the rows of these labels (None: every row)."""
     from rwkv_np.load import read
     from rwkv_np.storage import as_float, prepare_weight
     from rwkv_np.storage_int4 import GROUP, quantize_int4
@@ -121,28 +123,28 @@ def int4_study(ids: np.ndarray, model=rwkv_np.DEMO_MODEL) -> list[dict]:
     layer = sorted(n for n in tensors if any(n.endswith(f".{k}.weight") for k in KINDS))
     ref = RwkvForCausalLM(config, tensors, weights="float32")(ids).logits
     edges = {n: prepare_weight(tensors[n], "int8").to_float32() for n in ("rwkv.embeddings.weight", "head.weight")}
-    int4 = {n: quantize_int4(tensors[n]).to_float32() for n in layer}
+    int4 = functools.cache(lambda: {n: quantize_int4(tensors[n]).to_float32() for n in layer})  # once
     weights = sum(tensors[n].size for n in layer)
 
-    def row(label, rounded, bits):  # rounded: {name: float32 matrix}; bits: {name: bits a weight}
-        got = RwkvForCausalLM(config, {**tensors, **edges, **rounded}, weights="float32")(ids).logits
+    def row(label, rounded, bits):  # rounded: () -> {name: float32 matrix}; bits: {name: bits a weight}
+        got = RwkvForCausalLM(config, {**tensors, **edges, **rounded()}, weights="float32")(ids).logits
         return {"storage": label, "reference": "float32", **logit_agreement(ref, got),
                 "bits_per_weight": sum(bits[n] * tensors[n].size for n in layer) / weights}
 
     int8_bits = lambda n: 8 + 32 / tensors[n].shape[1]  # a float32 scale per row
-    rows = [row("min/max 4-bit, groups of 32", {n: minmax_groups(tensors[n], 15) for n in layer},
-                dict.fromkeys(layer, 4 + 32 / GROUP)),
-            row("int4 (as stored)", int4, dict.fromkeys(layer, 4 + 32 / GROUP)),
-            row("min/max 5-bit, groups of 32 (Q5_1's rounding)", {n: minmax_groups(tensors[n], 31) for n in layer},
-                dict.fromkeys(layer, 5 + 32 / GROUP)),
-            row("int5 (as stored)", {n: quantize_int4(tensors[n], 5).to_float32() for n in layer},
-                dict.fromkeys(layer, 5 + 32 / GROUP))]
+    cases = [("min/max 4-bit, groups of 32", lambda: {n: minmax_groups(tensors[n], 15) for n in layer},
+              dict.fromkeys(layer, 4 + 32 / GROUP)),
+             ("int4 (as stored)", int4, dict.fromkeys(layer, 4 + 32 / GROUP)),
+             ("min/max 5-bit, groups of 32 (Q5_1's rounding)", lambda: {n: minmax_groups(tensors[n], 31) for n in layer},
+              dict.fromkeys(layer, 5 + 32 / GROUP)),
+             ("int5 (as stored)", lambda: {n: quantize_int4(tensors[n], 5).to_float32() for n in layer},
+              dict.fromkeys(layer, 5 + 32 / GROUP))]
     for kinds in KEPT_INT8:
         kept = [n for n in layer if any(n.endswith(f".{k}.weight") for k in kinds)]
-        rows.append(row(f"int4, {' + '.join(kinds)} int8",
-                        {**int4, **{n: prepare_weight(tensors[n], "int8").to_float32() for n in kept}},
-                        {**dict.fromkeys(layer, 4 + 32 / GROUP), **{n: int8_bits(n) for n in kept}}))
-    return rows
+        cases.append((f"int4, {' + '.join(kinds)} int8",
+                      lambda kept=kept: {**int4(), **{n: prepare_weight(tensors[n], "int8").to_float32() for n in kept}},
+                      {**dict.fromkeys(layer, 4 + 32 / GROUP), **{n: int8_bits(n) for n in kept}}))
+    return [row(*case) for case in cases if labels is None or case[0] in labels]
 
 
 def rwkvcpp_logits(model, ids, tree, formats=("Q5_1", "Q8_0")):  # -> [(format, logits (B, T, V))]
