@@ -44,11 +44,14 @@ _VB = ir.VectorType(ir.IntType(8), _HALF)          # a group's 16 bytes
 _VX = ir.VectorType(ir.IntType(16), GROUP)         # <32 x i16>: a group of xq, or of widened q
 
 
-def _high(builder, hb, g, n, elem):  # int5: 5th bits of the n values from group g on, as 16 or 0
+def _high(builder, q, hb, g):  # int5: q (n nibbles from group g on) + 16 where the 5th bit is set
     """hb points at the row's high-bit plane (4 bytes a group, bit j = 5th bit of value j):
-    value = nibble | (bit << 4)."""
-    lanes = bits_as_lanes(builder, builder.gep(hb, [builder.shl(g, _I64(2))]), n, elem)
-    return builder.shl(lanes, ir.Constant(lanes.type, [4] * n))
+    value = nibble + 16 bit, the bits a mask (AVX-512: kmov from memory, then LLVM's or and a
+    masked move: two zmm ops more per 64 weights, so int5 runs ~20-40% under int4's weights/s in
+    cache, one core: 23-33 vs 36-45 G/s on the 169M shapes)."""
+    n = q.type.count
+    bits = bits_as_lanes(builder, builder.gep(hb, [builder.shl(g, _I64(2))]), n)
+    return builder.select(bits, builder.add(q, ir.Constant(q.type, [16] * n)), q)
 
 
 def _scale(builder, dmrow, g, k):  # float16 bits dmrow[2 g + k] (k 0: d, 1: m) -> <16 x float> splat
@@ -77,7 +80,7 @@ def _pair_sums_int16(builder, qrow, xq, g, hb):  # groups g, g + 1 . int16 xq ->
         q = builder.shuffle_vector(lo, hi, _const([k * _HALF + j for j in range(_HALF)] +
                                                   [GROUP + k * _HALF + j for j in range(_HALF)]))
         if hb is not None:
-            q = builder.or_(q, _high(builder, hb, builder.add(g, _I64(k)), GROUP, ir.IntType(16)))
+            q = _high(builder, q, hb, builder.add(g, _I64(k)))
         x = _vec(builder, builder.gep(xq, [builder.mul(builder.add(g, _I64(k)), _I64(GROUP))]), GROUP, ir.IntType(16), 2)
         wide32 = ir.VectorType(_I32, GROUP)
         p = builder.mul(builder.sext(q, wide32), builder.sext(x, wide32))
@@ -95,7 +98,7 @@ def _pair_sums_vnni(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq -> o
     lo, hi = builder.and_(raw, ir.Constant(b32, [15] * GROUP)), builder.lshr(raw, ir.Constant(b32, [4] * GROUP))
     q = builder.shuffle_vector(lo, hi, _const([*range(0, 16), *range(32, 48), *range(16, 32), *range(48, 64)]))
     if hb is not None:
-        q = builder.or_(q, _high(builder, hb, g, 2 * GROUP, ir.IntType(8)))
+        q = _high(builder, q, hb, g)
     x = _vec(builder, builder.gep(xq, [builder.mul(g, _I64(GROUP))]), 2 * GROUP, ir.IntType(8), 1)
     v16 = ir.VectorType(_I32, 16)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.x86.avx512.vpdpbusd.512")
@@ -106,7 +109,7 @@ def _group_sums(builder, qrow, xq, g, hb):  # one group g . xq (int8 or int16) -
     lo, hi = _nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))
     q = builder.shuffle_vector(lo, hi, _const(range(GROUP)))
     if hb is not None:
-        q = builder.or_(q, _high(builder, hb, g, GROUP, _I32))
+        q = _high(builder, q, hb, g)
     x = builder.sext(_vec(builder, builder.gep(xq, [builder.mul(g, _I64(GROUP))]), GROUP, xq.type.pointee, 2),
                      ir.VectorType(_I32, GROUP))
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [ir.VectorType(_I32, GROUP)]),
@@ -204,9 +207,8 @@ def _widen_row_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
                 d, m = _scale(builder, dmrow, g, 0), _scale(builder, dmrow, g, 1)
                 base = builder.gep(op, [builder.mul(g, _I64(GROUP))])
                 for k, half in enumerate(_nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))):
-                    if bits == 5:  # value j = nibble | (bit j << 4)
-                        high = _high(builder, hb, g, GROUP, _I32)
-                        half = builder.or_(half, builder.shuffle_vector(high, high, _const(range(k * _HALF, (k + 1) * _HALF))))
+                    if bits == 5:  # value j = nibble + 16 (bit j): bits 16 k .. 16 k + 15 of the word
+                        half = _high(builder, half, builder.gep(hb, [_I64(2 * k)]), g)
                     value = builder.fadd(builder.fmul(builder.sitofp(half, _VF), d, flags=_FAST), m, flags=_FAST)
                     builder.store(value, builder.bitcast(builder.gep(base, [_I64(k * _HALF)]), _VF.as_pointer()), align=4)
             return context.get_dummy_value()

@@ -33,11 +33,11 @@ def const(values):  # an <n x i32> constant (shuffle masks, lane indices)
     return ir.Constant(ir.VectorType(I32, len(values)), list(values))
 
 
-def bits_as_lanes(builder, ptr, n, elem):  # n bits at byte pointer ptr -> <n x elem>, lane j = bit j
-    """n/8 bytes read as one little-endian integer, bitcast to <n x i1> (lane j is bit j: on x86 a
-    mask register, kmov) and zero-extended to n lanes of 0 or 1."""
+def bits_as_lanes(builder, ptr, n):  # n bits at byte pointer ptr -> <n x i1>, lane j = bit j
+    """n/8 bytes read as one little-endian integer, bitcast to <n x i1> (lane j is bit j: on x86
+    with AVX-512 a mask register, kmov)."""
     word = builder.load(builder.bitcast(ptr, ir.IntType(n).as_pointer()), align=1)
-    return builder.zext(builder.bitcast(word, ir.VectorType(ir.IntType(1), n)), ir.VectorType(elem, n))
+    return builder.bitcast(word, ir.VectorType(ir.IntType(1), n))
 
 
 def c_array(t, ndim, dtype):  # a C-contiguous array type of that rank and dtype
