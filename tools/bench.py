@@ -418,7 +418,7 @@ V56_SHAPES = {"v6-0.1b": "6.0", "v5.2-0.1b": "5.2"}  # RWKV-6 / 5.2 0.1B shapes:
 def bench_v56(args) -> None:
     """The RWKV-6 / 5.2 shapes run in tools/bench_v56.py (their peer is BlinkDL's package, which
     --peers asks for here; rwkv.cpp's converter does not read them): the same protocol, its
-    table and targets. Storages it does not have (float64, float16, int4) are left out."""
+    table and targets. Storages it does not have (float64, float16, int4, int5) are left out."""
     import bench_v56
     bench_v56.PEER_GOMP = PEER_GOMP  # as given to this process, not rwkv_np's default
     storages = [s for s in args.storage if s in ("float32", "bfloat16", "int8")] or ["float32"]
