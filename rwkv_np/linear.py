@@ -258,8 +258,13 @@ def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of row
     nb = min(out, blocks)
     xa = activations(W, x)
     for b in prange(nb):
+        # Block edges on multiples of 4: batches take rows four at a time (dot_rows4) and the
+        # rest one at a time (dot_rows), whose sums LLVM may order differently (AVX2: it does),
+        # so a row's kernel, hence its bits, must not depend on the thread count.
+        i0 = b * out // nb // 4 * 4
+        i1 = out if b == nb - 1 else (b + 1) * out // nb // 4 * 4
         buf = np.empty(x.shape[1], np.float32)
-        project(W, xa, y, b * out // nb, (b + 1) * out // nb, buf)
+        project(W, xa, y, i0, i1, buf)
 
 
 @njit(parallel=True, cache=True)
