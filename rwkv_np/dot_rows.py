@@ -1,8 +1,14 @@
 """The batched dot products of weight rows with several rows of x, shared by linear.py's
 kernels and linear_int4.py's (both widen a row of any storage into a float32 buffer first):
-`dot_rows` for one weight row, `dot_rows4` for four."""
+`dot_rows` for one weight row, `dot_rows4` for four (`dot_rows2`, two, is its AVX2 form)."""
+import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
+
+# A 4 x 4 tile's 16 vector accumulators and 8 loads fit AVX-512's 32 registers; in AVX2's 16 the
+# tile spills, and two 2 x 4 tiles are faster (Zen 3, one core, N = 8, in cache: 17 -> 25 G
+# multiply-adds/s). Numba compiles for this CPU, so the choice is this CPU's.
+WIDE = bool(llvm.get_host_cpu_features().get("avx512f", False))
 
 
 @njit(fastmath=True)  # a call, not inlined: inlined at its five call sites it cost ~18 s of
@@ -52,6 +58,10 @@ def dot_rows4(W, r, x, y, i):
     for every weight row), so batched decode stops waiting on loads. One core, W cached, N = 8:
     in = 768 27 -> 48, in = 3072 13 -> 55 G multiply-adds/s. Rows of x left over (N % 4) take
     four weight rows by one."""
+    if not WIDE:
+        dot_rows2(W, r, x, y, i)
+        dot_rows2(W, r + 2, x, y, i + 2)
+        return
     n, N = 0, x.shape[0]
     while n + 4 <= N:
         a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
@@ -77,4 +87,29 @@ def dot_rows4(W, r, x, y, i):
             a2 += W[r + 2, j] * xj
             a3 += W[r + 3, j] * xj
         y[n, i], y[n, i + 1], y[n, i + 2], y[n, i + 3] = a0, a1, a2, a3
+        n += 1
+
+
+@njit(fastmath=True)
+def dot_rows2(W, r, x, y, i):
+    """y[:, i:i+2] = x @ W[r:r+2].T: `dot_rows4`'s tile for AVX2, two weight rows by four rows
+    of x (eight accumulators), then the rows of x left over one at a time."""
+    n, N = 0, x.shape[0]
+    while n + 4 <= N:
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+        for j in range(W.shape[1]):
+            w0, w1 = W[r, j], W[r + 1, j]
+            x0, x1, x2, x3 = x[n, j], x[n + 1, j], x[n + 2, j], x[n + 3, j]
+            a0 += w0 * x0; a1 += w0 * x1; a2 += w0 * x2; a3 += w0 * x3
+            b0 += w1 * x0; b1 += w1 * x1; b2 += w1 * x2; b3 += w1 * x3
+        y[n, i], y[n + 1, i], y[n + 2, i], y[n + 3, i] = a0, a1, a2, a3
+        y[n, i + 1], y[n + 1, i + 1], y[n + 2, i + 1], y[n + 3, i + 1] = b0, b1, b2, b3
+        n += 4
+    while n < N:
+        a0 = b0 = np.float32(0.0)
+        for j in range(W.shape[1]):
+            xj = x[n, j]
+            a0 += W[r, j] * xj
+            b0 += W[r + 1, j] * xj
+        y[n, i], y[n, i + 1] = a0, b0
         n += 1
