@@ -1,14 +1,15 @@
 """The batched dot products of weight rows with several rows of x, shared by linear.py's
 kernels and linear_int4.py's (both widen a row of any storage into a float32 buffer first):
 `dot_rows` for one weight row, `dot_rows4` for four (`dot_rows2`, two, is its AVX2 form)."""
-import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
+
+from .llvm_vectors import cpu_has
 
 # A 4 x 4 tile's 16 vector accumulators and 8 loads fit AVX-512's 32 registers; in AVX2's 16 the
 # tile spills, and two 2 x 4 tiles are faster (Zen 3, one core, N = 8, in cache: 17 -> 25 G
 # multiply-adds/s). Numba compiles for this CPU, so the choice is this CPU's.
-WIDE = bool(llvm.get_host_cpu_features().get("avx512f", False))
+WIDE = cpu_has("avx512f")
 
 
 @njit(fastmath=True)  # a call, not inlined: inlined at its five call sites it cost ~18 s of

@@ -34,7 +34,7 @@ from numba.core.extending import intrinsic
 
 from .dot_rows import dot_rows, dot_rows4
 from .llvm_vectors import FAST as _FAST, F32 as _F32, I32 as _I32, I64 as _I64
-from .llvm_vectors import bits_as_lanes, c_array as _c, const as _const, data as _data, row as _row
+from .llvm_vectors import bits_as_lanes, c_array as _c, cpu_has, const as _const, data as _data, row as _row
 from .llvm_vectors import splat as _splat, vec as _vec
 from .storage_int4 import GROUP, I5
 
@@ -257,15 +257,7 @@ def _batch_rows(Q, kind, DM, x, y, i0, i1, buf):  # x (N, in) float32
         dot_rows(buf, x, y, r)
 
 
-def _has_vnni() -> bool:  # the CPU Numba compiles for has AVX512-VNNI (vpdpbusd)
-    from llvmlite import binding
-    try:
-        return bool(binding.get_host_cpu_features().get("avx512vnni", False))
-    except Exception:  # noqa: BLE001 (a platform llvmlite cannot ask: no VNNI)
-        return False
-
-
-VNNI = _has_vnni()
+VNNI = cpu_has("avx512vnni")  # vpdpbusd
 XQ, LEVELS = (np.int8, 127) if VNNI else (np.int16, 32767)  # x's rounding: int8 for vpdpbusd, else
 # int16 for pmaddwd (a group's int16 sums, 32 * 31 * 32767 at most, cannot overflow int32)
 

@@ -1,6 +1,6 @@
 """Small helpers for writing Numba intrinsics as LLVM IR on whole vectors (linear_int4.py's
 kernels): pointers into array arguments, vector loads, splats, constant lane lists."""
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import types
 
 F32, I64, I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
@@ -42,3 +42,10 @@ def bits_as_lanes(builder, ptr, n):  # n bits at byte pointer ptr -> <n x i1>, l
 
 def c_array(t, ndim, dtype):  # a C-contiguous array type of that rank and dtype
     return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C" and t.dtype == dtype
+
+
+def cpu_has(feature: str) -> bool:  # the CPU Numba compiles for has this LLVM feature ("avx512f")
+    try:
+        return bool(binding.get_host_cpu_features().get(feature, False))
+    except Exception:  # noqa: BLE001 (a platform llvmlite cannot ask: assume not)
+        return False
