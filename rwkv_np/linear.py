@@ -22,15 +22,14 @@ Dot products use fastmath (they reassociate the sum so it vectorizes); nothing h
 """
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
-from numba.core.extending import intrinsic, overload
+from numba.core.extending import overload
 
 from .dot_rows import dot_rows, dot_rows4
 from .errors import InputError
 from .gemm import gemm_tasks, run_tasks
 from .linear_int4 import activations_int4, rows_int4
+from .llvm_vectors import prefetch
 from .storage import F16, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
@@ -191,25 +190,6 @@ def _activations(W, x):
     return impl
 
 
-@intrinsic
-def _prefetch(typingctx, A, i, j):  # A (rows, cols) C-contiguous
-    """Ask the cache for the line holding A[i, j] (llvm.prefetch: x86 prefetcht0). A hint
-    only: it never faults and changes no result."""
-    def codegen(context, builder, signature, args):
-        A, i, j = args
-        ary = context.make_array(signature.args[0])(context, builder, A)
-        flat = builder.add(builder.mul(i, builder.extract_value(ary.shape, 1)), j)
-        ptr = builder.bitcast(builder.gep(ary.data, [flat]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
-            "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in every level, data
-        return context.get_dummy_value()
-    if isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C":
-        return types.void(A, types.intp, types.intp), codegen
-
-
 @njit(inline="always")
 def _int8_rows(Q, scale, xq, sx, y, i0, i1):  # Q (out, in) int8, xq (in,) int16, y (out,)
     """y[i] = scale[i] * sx * (Q[i] . xq), the products summed in int32 (the narrowing casts
@@ -223,7 +203,7 @@ def _int8_rows(Q, scale, xq, sx, y, i0, i1):  # Q (out, in) int8, xq (in,) int16
     for i in range(i0, i1):
         if ahead and i + ahead < Q.shape[0]:
             for j in range(0, Q.shape[1], 64):
-                _prefetch(Q, i + ahead, j)
+                prefetch(Q, i + ahead, j)
         s = np.int32(0)
         for j in range(Q.shape[1]):
             s = np.int32(s + np.int32(Q[i, j]) * np.int32(xq[j]))

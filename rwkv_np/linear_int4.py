@@ -1,9 +1,9 @@
 """The int4 and int5 kernels of linear.py: y = x @ W.T for W in storage_int4's layout (groups of
 32 4-bit values, a float16 scale d and minimum m per group), W[i, 32 g + j] = d[i, g] q[i, g, j] +
 m[i, g]. int5 is the same IR with q = nibble | (bit << 4), the group's 32 fifth bits one 4-byte
-load bitcast to <32 x i1> lanes (`_high`); each kernel is built twice (`_group_dot_of(bits)`),
-and rows_int4 / widen_rows pick the build by the packed tuple's kind at run time, so every
-caller keeps one compiled version for both.
+load spread to lanes (`_high`: a mask register on AVX-512; `_fifth_bits` on AVX2); each kernel
+is built twice (`_group_dot_of(bits)`), and rows_int4 / widen_rows pick the build by the packed
+tuple's kind at run time, so every caller keeps one compiled version for both.
 
 Decode (one float32 row of x) multiplies integers: each group of 32 values of x is rounded on a
 scale of its own, x[j] ~= sx[g] xq[j], once per vector, and
@@ -11,20 +11,22 @@ scale of its own, x[j] ~= sx[g] xq[j], once per vector, and
     y[i] = sum_g d[i, g] sx[g] (q[i, g, :] . xq[g]) + sum_g m[i, g] xsum[g]
 
 with xsum[g] the float32 sum of x over group g. On a CPU with AVX512-VNNI, xq is int8 and one
-vpdpbusd multiplies 64 weights (ggml rounds x the same way for its Q4/Q5 formats); elsewhere xq
-is int16 and a pmaddwd takes 32. Batches (N > 1) and float64 x widen each row to float32 in a
+vpdpbusd multiplies 64 weights (ggml rounds x the same way for its Q4/Q5 formats); with AVX2,
+xq is int8 too, and a vpmaddubsw and a vpmaddwd take 32; elsewhere (generic LLVM vectors) xq is
+int16 and a pmaddwd takes 16. Batches (N > 1) and float64 x widen each row to float32 in a
 buffer, q * d + m, and use it for every row of x; prompts widen blocks of rows the same way
 before BLAS (`widen_rows`).
 
 Why explicit vectors: written as plain loops (linear.py's style), LLVM fully unrolls a group's
 16-byte loop and then vectorizes across groups with gathers: 1.4-2.2 G weights/s on one core.
 So the work is written here in LLVM IR as whole vectors (Numba intrinsics): a 32-byte load for
-two groups, the nibbles split with a mask and a shift, one vpdpbusd (or two pmaddwd), the sums
+two groups, the nibbles split with a mask and a shift, one vpdpbusd (or two vpmaddubsw), the sums
 converted and scaled into float accumulators that live across groups (two, alternating, so that
 consecutive groups do not wait on each other's add), one horizontal sum per row. Generic LLVM
-vectors but for vpdpbusd: AVX-512 gets zmm registers, AVX2 pairs of ymm. One core of the
-project's Zen 4, 169M shapes, streaming from memory: 19-25 G weights/s with VNNI, 12-17.5 with
-int16 (int8's kernel: 16-22, on 8 bits a weight to int4's 5).
+vectors but for vpdpbusd / vpmaddubsw: AVX-512 gets zmm registers, AVX2 pairs of ymm. One core of
+the project's Zen 4, 169M shapes, streaming from memory: 19-25 G weights/s with VNNI, 12-17.5 with
+int16 (int8's kernel: 16-22, on 8 bits a weight to int4's 5). One core of the Zen 3 (AVX2), 169M
+shapes, streaming: int4 14-17, int5 10-13 G weights/s (int16 x: 12-13 and 6.4-8.6).
 """
 import numpy as np
 from llvmlite import ir
@@ -34,10 +36,14 @@ from numba.core.extending import intrinsic
 
 from .dot_rows import dot_rows, dot_rows4
 from .llvm_vectors import FAST as _FAST, F32 as _F32, I32 as _I32, I64 as _I64
-from .llvm_vectors import bits_as_lanes, c_array as _c, cpu_has, const as _const, data as _data, row as _row
+from .llvm_vectors import bits_as_lanes, c_array as _c, cpu_has, const as _const, data as _data, prefetch, row as _row
 from .llvm_vectors import splat as _splat, vec as _vec
 from .storage_int4 import GROUP, I5
 
+VNNI = cpu_has("avx512vnni")  # vpdpbusd
+XQ, LEVELS = (np.int8, 127) if VNNI or cpu_has("avx2") else (np.int16, 32767)  # x's rounding: int8 for
+# vpdpbusd / vpmaddubsw, else int16 for generic pmaddwd (a group's int16 sums, 32 * 31 * 32767 at
+# most, cannot overflow int32)
 _HALF = GROUP // 2  # bytes per group
 _VF = ir.VectorType(_F32, _HALF)                   # <16 x float>
 _VB = ir.VectorType(ir.IntType(8), _HALF)          # a group's 16 bytes
@@ -105,6 +111,42 @@ def _pair_sums_vnni(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq -> o
     return builder.call(fn, [ir.Constant(v16, [0] * 16), builder.bitcast(q, v16), builder.bitcast(x, v16)])
 
 
+def _fifth_bits(builder, hb, g):  # int5 without mask registers: group g's bits -> <32 x i8>, 16 or 0
+    """Lane j is 16 where bit j of group g's word is set: the word splat, byte j // 8 moved to
+    lane j (one in-lane vpshufb), or-ed with every bit but j % 8, compared with all ones."""
+    word = builder.load(builder.bitcast(builder.gep(hb, [builder.shl(g, _I64(2))]), _I32.as_pointer()), align=1)
+    b32 = ir.VectorType(ir.IntType(8), GROUP)
+    spread = builder.bitcast(_splat(builder, word, GROUP // 4), b32)
+    spread = builder.shuffle_vector(spread, spread, _const([j // 8 + (16 if j >= 16 else 0) for j in range(GROUP)]))
+    others = builder.or_(spread, ir.Constant(b32, [~(1 << (j % 8)) for j in range(GROUP)]))  # i8: ~b as signed
+    return builder.select(builder.icmp_signed("==", others, ir.Constant(b32, [-1] * GROUP)),
+                          ir.Constant(b32, [16] * GROUP), ir.Constant(b32, [0] * GROUP))
+
+
+def _pair_sums_avx2(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq -> one <16 x i32>
+    """AVX2 without VNNI, as ggml multiplies its Q4 / Q5 blocks: each group's 32 values in
+    order (low nibbles, then high: one vperm2i128), vpmaddubsw against int8 x (unsigned q times
+    signed x, pairs added in int16: 2 x 31 x 127 cannot saturate), vpmaddwd with ones to int32.
+    Lanes 0-7 hold group g's sums, 8-15 group g + 1's, as vpdpbusd's. Against int16 x (one
+    vpmovzxbw + vpmaddwd per 16 weights) and `_high`'s select (LLVM lowers <32 x i1> without
+    mask registers to a broadcast, and, compare and blend per 16 values), one core of a Zen 3,
+    169M shapes, in cache: int4 13-15 -> 19-23 G weights/s, int5 9-9.6 -> 12.7-15.2."""
+    raw = _vec(builder, builder.gep(qrow, [builder.mul(g, _I64(_HALF))]), GROUP, ir.IntType(8), 1)
+    b32, v16, v8 = ir.VectorType(ir.IntType(8), GROUP), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
+    lo, hi = builder.and_(raw, ir.Constant(b32, [15] * GROUP)), builder.lshr(raw, ir.Constant(b32, [4] * GROUP))
+    ubsw = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [b32, b32]), "llvm.x86.avx2.pmadd.ub.sw")
+    wd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v16, v16]), "llvm.x86.avx2.pmadd.wd")
+    out = []
+    for k in (0, 1):
+        q = builder.shuffle_vector(lo, hi, _const([k * _HALF + j for j in range(_HALF)] +
+                                                  [GROUP + k * _HALF + j for j in range(_HALF)]))
+        if hb is not None:
+            q = builder.or_(q, _fifth_bits(builder, hb, builder.add(g, _I64(k))))
+        x = _vec(builder, builder.gep(xq, [builder.mul(builder.add(g, _I64(k)), _I64(GROUP))]), GROUP, ir.IntType(8), 1)
+        out.append(builder.call(wd, [builder.call(ubsw, [q, x]), ir.Constant(v16, [1] * 16)]))
+    return builder.shuffle_vector(out[0], out[1], _const(range(16)))
+
+
 def _group_sums(builder, qrow, xq, g, hb):  # one group g . xq (int8 or int16) -> i32 scalar
     lo, hi = _nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))
     q = builder.shuffle_vector(lo, hi, _const(range(GROUP)))
@@ -131,7 +173,7 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
         core, matrix in cache, interleaved runs: 768 x 768 13.4-14.3 -> 15.0-17.6 G weights/s,
         256 x 3072 13.6-15.5 -> 18.6-21.2; VNNI on int8 x, streaming from memory, 169M shapes:
         12.1-17.5 -> 18.9-25.5 (in cache 10.5-16.2 -> 27.4-29.8)."""
-        vnni = xq.dtype == types.int8
+        int8 = xq.dtype == types.int8  # VNNI or AVX2 (`XQ`)
 
         def codegen(context, builder, sig, args):
             i = context.cast(builder, args[1], sig.args[1], types.intp)
@@ -159,8 +201,8 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
                 add(macc, d, _vec(builder, builder.gep(xep, [g0]), 8, _F32, 4))
                 for k in range(0, 8, 2):
                     g = builder.add(g0, _I64(k))
-                    if vnni:
-                        sums = [_pair_sums_vnni(builder, qrow, xp, g, hb)]
+                    if int8:
+                        sums = [(_pair_sums_vnni if VNNI else _pair_sums_avx2)(builder, qrow, xp, g, hb)]
                         scales = [builder.shuffle_vector(ds, ds, _const([k] * 8 + [k + 1] * 8))]
                     else:
                         sums = _pair_sums_int16(builder, qrow, xp, g, hb)
@@ -182,7 +224,7 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
             return builder.fadd(builder.fadd(reduce(total, 16), reduce(builder.load(macc), 8), flags=_FAST),
                                 builder.load(rest), flags=_FAST)
         if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and isinstance(i, types.Integer) and \
-                isinstance(xq, types.Array) and xq.dtype in (types.int8, types.int16) and _c(xq, 1, xq.dtype) \
+                isinstance(xq, types.Array) and xq.dtype in ((types.int8,) if XQ == np.int8 else ()) + (types.int16,) and _c(xq, 1, xq.dtype) \
                 and _c(sx, 1, types.float32) and _c(xsum, 1, types.float32) and _c(xerr, 1, types.float32):
             return types.float32(Q, i, DM, xq, sx, xsum, xerr), codegen
     _group_dot.__name__ = _group_dot.__qualname__ = f"_group_dot{bits}"
@@ -227,11 +269,14 @@ def rows_int4(Q, kind, DM, x, y, i0, i1, buf):  # Q (out, in/2 or 5 in/8), DM (o
     compiled version for both); x as `activations_int4` made it."""
     if x[1].shape[0] == 1:  # one float32 row, rounded to int16: integer products
         xq, sx, xsum, xerr = x[1][0], x[2][0], x[3][0], x[4][0]
-        if kind == I5:
-            for i in range(i0, i1):
+        ahead = 4096 // Q.shape[1]  # rows: each row asks for the one 4 KB ahead, as linear's int8 rows
+        for i in range(i0, i1):
+            if 0 < ahead and i + ahead < i1:
+                for j in range(0, Q.shape[1], 64):
+                    prefetch(Q, i + ahead, j)
+            if kind == I5:
                 y[0, i] = _group_dot5(Q, i, DM, xq, sx, xsum, xerr)
-        else:
-            for i in range(i0, i1):  # (prefetching rows 2-8 KB ahead, as int8 does: no gain measured)
+            else:
                 y[0, i] = _group_dot(Q, i, DM, xq, sx, xsum, xerr)
         return
     _batch_rows(Q, kind, DM, x[0], y, i0, i1, buf)
@@ -257,9 +302,6 @@ def _batch_rows(Q, kind, DM, x, y, i0, i1, buf):  # x (N, in) float32
         dot_rows(buf, x, y, r)
 
 
-VNNI = cpu_has("avx512vnni")  # vpdpbusd
-XQ, LEVELS = (np.int8, 127) if VNNI else (np.int16, 32767)  # x's rounding: int8 for vpdpbusd, else
-# int16 for pmaddwd (a group's int16 sums, 32 * 31 * 32767 at most, cannot overflow int32)
 
 
 @njit

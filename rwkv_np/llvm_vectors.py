@@ -1,7 +1,10 @@
 """Small helpers for writing Numba intrinsics as LLVM IR on whole vectors (linear_int4.py's
-kernels): pointers into array arguments, vector loads, splats, constant lane lists."""
+kernels): pointers into array arguments, vector loads, splats, constant lane lists; and
+`prefetch`, an intrinsic the int8 and int4 row loops call."""
 from llvmlite import binding, ir
 from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 F32, I64, I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
 FAST = ("fast",)
@@ -49,3 +52,22 @@ def cpu_has(feature: str) -> bool:  # the CPU Numba compiles for has this LLVM f
         return bool(binding.get_host_cpu_features().get(feature, False))
     except Exception:  # noqa: BLE001 (a platform llvmlite cannot ask: assume not)
         return False
+
+
+@intrinsic
+def prefetch(typingctx, A, i, j):  # A (rows, cols) C-contiguous
+    """Ask the cache for the line holding A[i, j] (llvm.prefetch: x86 prefetcht0). A hint
+    only: it never faults and changes no result."""
+    def codegen(context, builder, signature, args):
+        A, i, j = args
+        ary = context.make_array(signature.args[0])(context, builder, A)
+        flat = builder.add(builder.mul(i, builder.extract_value(ary.shape, 1)), j)
+        ptr = builder.bitcast(builder.gep(ary.data, [flat]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in every level, data
+        return context.get_dummy_value()
+    if isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C":
+        return types.void(A, types.intp, types.intp), codegen

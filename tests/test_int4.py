@@ -20,7 +20,7 @@ from rwkv_np import ModelFileError, RwkvConfig, RwkvForCausalLM, gemm
 from rwkv_np.cli import main
 from rwkv_np.convert import convert, quantize, save_pretrained
 from rwkv_np.linear import linear
-from rwkv_np.linear_int4 import LEVELS, VNNI, _group_dot, quantize_x
+from rwkv_np.linear_int4 import LEVELS, XQ, _group_dot, quantize_x
 from rwkv_np.storage import Int8Weight, embedding_rows, prepare_weight
 from rwkv_np.storage_int4 import Int4Weight, quantize_int4
 from rwkv_np.v4 import reference
@@ -48,7 +48,7 @@ def unpack(w: Int4Weight) -> np.ndarray:  # -> (out, in) float64: d q + m
 
 def x_rounding(w, x):  # -> (N, out) bound on what rounding one float32 row of x adds
     """Each group of 32 of x is rounded on its own scale, x[j] ~= sx[g] xq[j], |xq| <= LEVELS
-    (int8 with VNNI, else int16): an element moves by at most half a step (0.51: the float
+    (int8 with VNNI or AVX2, else int16): an element moves by at most half a step (0.51: the float
     product rounds too), and it meets d (q - 7.5) (the kernel adds d * 7.5 * the rounding
     error of the group's sum; the m terms take x's exact sums)."""
     if x.shape[0] != 1 or x.dtype != np.float32:
@@ -101,13 +101,13 @@ def _rows(Q, DM, xq, sx, xsum, xerr):  # every row through linear_int4._group_do
     return y
 
 
-@pytest.mark.parametrize("dtype, levels", [(np.int8, 127), (np.int16, 32767)])  # VNNI or not
+@pytest.mark.parametrize("dtype, levels", [(np.int8, 127), (np.int16, 32767)])  # VNNI / AVX2, or generic
 @pytest.mark.parametrize("shape", SHAPES + [(9, 256), (4, 768)])
 def test_integer_kernel_is_its_formula(dtype, levels, shape):
-    """Both integer kernels (vpdpbusd on int8 x where the CPU has AVX512-VNNI, pmaddwd on int16
-    x) compute exactly sum_g d (sx (q . xq) + xerr) + m xsum, up to float32 rounding."""
-    if dtype == np.int8 and not VNNI:
-        pytest.skip("this CPU has no AVX512-VNNI")
+    """Both integer kernels (int8 x: vpdpbusd with AVX512-VNNI, else vpmaddubsw with AVX2;
+    int16 x: generic pmaddwd) compute exactly sum_g d (sx (q . xq) + xerr) + m xsum, up to float32 rounding."""
+    if dtype == np.int8 and XQ != np.int8:
+        pytest.skip("this CPU has neither AVX512-VNNI nor AVX2: no int8 x kernel")
     rng = np.random.default_rng(shape[0])
     w = prepare_weight(rng.standard_normal(shape).astype(np.float32), "int4")
     x = rng.standard_normal((1, shape[1])).astype(np.float32)
@@ -210,7 +210,7 @@ def test_token_steps_and_prompts_match_reference(int4_dir):
     """The float64 reference on the matrices int4 storage stands for (embedding and head int8):
     prompts within float32 rounding, token steps within 1e-5 for B = 2 (float products) and for
     B = 1, where x is rounded before each product, within 3e-4 x (32767 / LEVELS): the rounding
-    step's size (int16 x: 1.1e-4 measured; int8 x per group, with VNNI: 2.9e-2 on these random
+    step's size (int16 x: 1.1e-4 measured; int8 x per group, with VNNI or AVX2: 2.9e-2 on these random
     weights, whose activations are large; on the demo model it moves the KL to float32 by 1%)."""
     src, _ = int4_dir
     model = RwkvForCausalLM.from_pretrained(src, weights="int4")

@@ -20,7 +20,7 @@ Measured (held-out / README.md, earlier):
   int8 decode (B = 1, token by token, 1,024 positions; x rounded to int16 before each product)
                      9.6e-3 / 1.9e-2   0.9961 / 0.9922  6.0e-5  / 2.0e-4   1.2e-3  / 1.8e-2
   int4      float32  8.2e-2 / 0.21     0.9697 / 0.9385  3.0e-3  / 1.5e-2   0.12    / 1.3
-  int4 decode (x rounded to int8 per group of 32 with AVX512-VNNI, else int16)
+  int4 decode (x rounded to int8 per group of 32 with AVX512-VNNI or AVX2, else int16)
                      8.0e-2 / 0.19     0.9668 / 0.9404  2.9e-3  / 1.2e-2   0.11    / 0.52
   int5      float32  3.8e-2            0.9829           7.6e-4             2.0e-2
   int5 decode        3.3e-2            0.9844           7.5e-4             1.9e-2

@@ -10,8 +10,8 @@ RWKV-7's token-mode tests, 3e-5 for this RWKV-6 model at B = 8, whose float32 lo
 well conditioned: measured over six draws of the tokens, token mode 1.1e-6 .. 5.3e-6 and the
 sequence path run a token at a time 8.8e-7 .. 6.1e-5 (whole 9-token prompts 1.5e-6 .. 1.5e-5;
 test_v6_model.py says why). At B = 1, where one row of x is rounded before each product
-against int8 weights (linear.activations: int16) or int4 ones (linear_int4: int8 with VNNI, else
-int16): 3e-4 for int8 and 3e-4 x 32767 / LEVELS for int4, test_int4.py's bound for the same
+against int8 weights (linear.activations: int16) or int4 ones (linear_int4: int8 with VNNI or AVX2,
+else int16): 3e-4 for int8 and 3e-4 x 32767 / LEVELS for int4, test_int4.py's bound for the same
 rounding. Measured (logits, this file's
 draws): float32 / float64 / float16 / bfloat16 4.4e-7 .. 1.2e-5 (v6), 2.9e-7 .. 1.2e-6 (v5.2);
 int8 at B = 1 1.2e-4 / 6.3e-5, int4 at B = 1 4.4e-2 / 1.1e-2 (v6 / v5.2; the sequence path the
