@@ -12,8 +12,8 @@ scale of its own, x[j] ~= sx[g] xq[j], once per vector, and
 
 with xsum[g] the float32 sum of x over group g. On a CPU with AVX512-VNNI, xq is int8 and one
 vpdpbusd multiplies 64 weights (ggml rounds x the same way for its Q4/Q5 formats); with AVX2,
-xq is int8 too, and a vpmaddubsw and a vpmaddwd take 32; elsewhere (generic LLVM vectors) xq is
-int16 and a pmaddwd takes 16. Batches (N > 1) and float64 x widen each row to float32 in a
+xq is int8 too, in `pair_order`, and two vpmaddubsw and a vpmaddwd take 64; elsewhere (generic
+LLVM vectors) xq is int16 and a pmaddwd takes 16. Batches (N > 1) and float64 x widen each row to float32 in a
 buffer, q * d + m, and use it for every row of x; prompts widen blocks of rows the same way
 before BLAS (`widen_rows`).
 
@@ -26,7 +26,7 @@ consecutive groups do not wait on each other's add), one horizontal sum per row.
 vectors but for vpdpbusd / vpmaddubsw: AVX-512 gets zmm registers, AVX2 pairs of ymm. One core of
 the project's Zen 4, 169M shapes, streaming from memory: 19-25 G weights/s with VNNI, 12-17.5 with
 int16 (int8's kernel: 16-22, on 8 bits a weight to int4's 5). One core of the Zen 3 (AVX2), 169M
-shapes, streaming: int4 14-17, int5 10-13 G weights/s (int16 x: 12-13 and 6.4-8.6).
+shapes, streaming: int4 24-26, int5 16.5-18 G weights/s (int16 x: 12-13 and 6.4-8.6).
 """
 import numpy as np
 from llvmlite import ir
@@ -44,6 +44,7 @@ VNNI = cpu_has("avx512vnni")  # vpdpbusd
 XQ, LEVELS = (np.int8, 127) if VNNI or cpu_has("avx2") else (np.int16, 32767)  # x's rounding: int8 for
 # vpdpbusd / vpmaddubsw, else int16 for generic pmaddwd (a group's int16 sums, 32 * 31 * 32767 at
 # most, cannot overflow int32)
+PAIRED = XQ == np.int8 and not VNNI  # the AVX2 kernel reads x in `pair_order`
 _HALF = GROUP // 2  # bytes per group
 _VF = ir.VectorType(_F32, _HALF)                   # <16 x float>
 _VB = ir.VectorType(ir.IntType(8), _HALF)          # a group's 16 bytes
@@ -111,40 +112,43 @@ def _pair_sums_vnni(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq -> o
     return builder.call(fn, [ir.Constant(v16, [0] * 16), builder.bitcast(q, v16), builder.bitcast(x, v16)])
 
 
-def _fifth_bits(builder, hb, g):  # int5 without mask registers: group g's bits -> <32 x i8>, 16 or 0
-    """Lane j is 16 where bit j of group g's word is set: the word splat, byte j // 8 moved to
-    lane j (one in-lane vpshufb), or-ed with every bit but j % 8, compared with all ones."""
-    word = builder.load(builder.bitcast(builder.gep(hb, [builder.shl(g, _I64(2))]), _I32.as_pointer()), align=1)
+def _fifth_bits(builder, word, lanes):  # int5 without mask registers -> <32 x i8>, 16 where set
+    """word: the two groups' 8 bytes of fifth bits splat over 32 bytes; lanes: for each output
+    lane, the byte (of its 16-byte half) holding its bit, bit j % 8. One vpshufb moves the bytes
+    in place, an or with every other bit and a compare with all ones test the bit (ggml's way)."""
     b32 = ir.VectorType(ir.IntType(8), GROUP)
-    spread = builder.bitcast(_splat(builder, word, GROUP // 4), b32)
-    spread = builder.shuffle_vector(spread, spread, _const([j // 8 + (16 if j >= 16 else 0) for j in range(GROUP)]))
+    spread = builder.shuffle_vector(word, word, _const(lanes))
     others = builder.or_(spread, ir.Constant(b32, [~(1 << (j % 8)) for j in range(GROUP)]))  # i8: ~b as signed
     return builder.select(builder.icmp_signed("==", others, ir.Constant(b32, [-1] * GROUP)),
                           ir.Constant(b32, [16] * GROUP), ir.Constant(b32, [0] * GROUP))
 
 
-def _pair_sums_avx2(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq -> one <16 x i32>
-    """AVX2 without VNNI, as ggml multiplies its Q4 / Q5 blocks: each group's 32 values in
-    order (low nibbles, then high: one vperm2i128), vpmaddubsw against int8 x (unsigned q times
-    signed x, pairs added in int16: 2 x 31 x 127 cannot saturate), vpmaddwd with ones to int32.
-    Lanes 0-7 hold group g's sums, 8-15 group g + 1's, as vpdpbusd's. Against int16 x (one
-    vpmovzxbw + vpmaddwd per 16 weights) and `_high`'s select (LLVM lowers <32 x i1> without
-    mask registers to a broadcast, and, compare and blend per 16 values), one core of a Zen 3,
-    169M shapes, in cache: int4 13-15 -> 19-23 G weights/s, int5 9-9.6 -> 12.7-15.2."""
+def _pair_sums_avx2(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq in pair order -> <8 x i32>
+    """AVX2 without VNNI. x comes in pair order (`pair_order`), so the 32 bytes of two groups
+    meet it as they lie: the low nibbles (values 0-15 of g, then of g + 1) against x's first 32
+    bytes and the high ones against the next 32, one vpmaddubsw each (unsigned q times signed
+    x, pairs added in int16), the two added (4 x 31 x 127 cannot saturate), one vpmaddwd with
+    ones to int32. Lanes 0-3 hold group g's sums, 4-7 group g + 1's.
+
+    Against x in natural order (ggml's way: a vperm2i128 per group puts its values in order,
+    then a vpmaddubsw, vpmaddwd, conversion and multiply-add per group), one core of a Zen 3,
+    169M shapes, interleaved runs: int4 19-23 -> 26-32 G weights/s in cache (19-23 -> 24-26
+    streaming), int5 13-16 -> 17-20.5 (13-15 -> 16.5-18)"""
     raw = _vec(builder, builder.gep(qrow, [builder.mul(g, _I64(_HALF))]), GROUP, ir.IntType(8), 1)
     b32, v16, v8 = ir.VectorType(ir.IntType(8), GROUP), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
-    lo, hi = builder.and_(raw, ir.Constant(b32, [15] * GROUP)), builder.lshr(raw, ir.Constant(b32, [4] * GROUP))
+    halves = [builder.and_(raw, ir.Constant(b32, [15] * GROUP)), builder.lshr(raw, ir.Constant(b32, [4] * GROUP))]
+    if hb is not None:  # bytes 0-3: g's bits (values 0-7, 8-15, 16-23, 24-31), 4-7: g + 1's
+        word = builder.load(builder.bitcast(builder.gep(hb, [builder.shl(g, _I64(2))]), _I64.as_pointer()), align=1)
+        word = builder.bitcast(_splat(builder, word, 4), b32)
+        for k in (0, 1):  # low halves: bytes 0, 1 and 20, 21 (16 + 4, 16 + 5); high: 2, 3 and 22, 23
+            lanes = [2 * k + j // 8 for j in range(16)] + [16 + 4 + 2 * k + j // 8 for j in range(16)]
+            halves[k] = builder.or_(halves[k], _fifth_bits(builder, word, lanes))
     ubsw = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [b32, b32]), "llvm.x86.avx2.pmadd.ub.sw")
     wd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v16, v16]), "llvm.x86.avx2.pmadd.wd")
-    out = []
-    for k in (0, 1):
-        q = builder.shuffle_vector(lo, hi, _const([k * _HALF + j for j in range(_HALF)] +
-                                                  [GROUP + k * _HALF + j for j in range(_HALF)]))
-        if hb is not None:
-            q = builder.or_(q, _fifth_bits(builder, hb, builder.add(g, _I64(k))))
-        x = _vec(builder, builder.gep(xq, [builder.mul(builder.add(g, _I64(k)), _I64(GROUP))]), GROUP, ir.IntType(8), 1)
-        out.append(builder.call(wd, [builder.call(ubsw, [q, x]), ir.Constant(v16, [1] * 16)]))
-    return builder.shuffle_vector(out[0], out[1], _const(range(16)))
+    x = [_vec(builder, builder.gep(xq, [builder.add(builder.mul(g, _I64(GROUP)), _I64(k * GROUP))]), GROUP,
+              ir.IntType(8), 1) for k in (0, 1)]
+    both = builder.add(builder.call(ubsw, [halves[0], x[0]]), builder.call(ubsw, [halves[1], x[1]]))
+    return builder.call(wd, [both, ir.Constant(v16, [1] * 16)])
 
 
 def _group_sums(builder, qrow, xq, g, hb):  # one group g . xq (int8 or int16) -> i32 scalar
@@ -174,6 +178,7 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
         256 x 3072 13.6-15.5 -> 18.6-21.2; VNNI on int8 x, streaming from memory, 169M shapes:
         12.1-17.5 -> 18.9-25.5 (in cache 10.5-16.2 -> 27.4-29.8)."""
         int8 = xq.dtype == types.int8  # VNNI or AVX2 (`XQ`)
+        paired = int8 and PAIRED  # AVX2: x in pair order
 
         def codegen(context, builder, sig, args):
             i = context.cast(builder, args[1], sig.args[1], types.intp)
@@ -201,8 +206,14 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
                 add(macc, d, _vec(builder, builder.gep(xep, [g0]), 8, _F32, 4))
                 for k in range(0, 8, 2):
                     g = builder.add(g0, _I64(k))
-                    if int8:
-                        sums = [(_pair_sums_vnni if VNNI else _pair_sums_avx2)(builder, qrow, xp, g, hb)]
+                    if paired:  # two pairs' sums, four lanes a group, one multiply-add
+                        if k % 4:
+                            continue
+                        s4 = [_pair_sums_avx2(builder, qrow, xp, builder.add(g, _I64(j)), hb) for j in (0, 2)]
+                        sums = [builder.shuffle_vector(s4[0], s4[1], _const(range(16)))]
+                        scales = [builder.shuffle_vector(ds, ds, _const([k + j // 4 for j in range(16)]))]
+                    elif int8:
+                        sums = [_pair_sums_vnni(builder, qrow, xp, g, hb)]
                         scales = [builder.shuffle_vector(ds, ds, _const([k] * 8 + [k + 1] * 8))]
                     else:
                         sums = _pair_sums_int16(builder, qrow, xp, g, hb)
@@ -316,7 +327,19 @@ def activations_int4(x, rounds, kind):  # x (N, in) -> (x, xq (1, in), sx, xsum,
     off zero by about the group's whole range; d * xerr moves it to d (q - 7.5), centred like
     the weights, at one multiply-add per group: int8 x against a random 70 x 768 matrix, error
     1.6e-2 -> 4.0e-3 of max |y| (the m terms take x's exact sums either way)."""
-    return quantize_x(x, rounds, XQ, LEVELS, 15.5 if kind == I5 else 7.5)
+    x, xq, sx, xsum, xerr = quantize_x(x, rounds, XQ, LEVELS, 15.5 if kind == I5 else 7.5)
+    return x, (pair_order(xq) if PAIRED else xq), sx, xsum, xerr
+
+
+@njit
+def pair_order(xq):  # xq (1, in) -> the same values as the AVX2 kernel reads them
+    """Each pair of groups of each whole block of 8 (256 columns), 64 values, with its middle two
+    quarters swapped: [g: 0-15, g + 1: 0-15, g: 16-31, g + 1: 16-31], as the two groups' 32 bytes
+    of nibbles lie (low nibbles, then high). Columns past the last whole block stay in order."""
+    out = xq.copy()
+    for c in range(0, xq.shape[1] // 256 * 256, 64):
+        out[:, c + 16:c + 32], out[:, c + 32:c + 48] = xq[:, c + 32:c + 48], xq[:, c + 16:c + 32]
+    return out
 
 
 @njit

@@ -20,7 +20,7 @@ from rwkv_np import RwkvConfig, RwkvForCausalLM, gemm
 from rwkv_np.cli import main
 from rwkv_np.convert import convert, quantize, save_pretrained
 from rwkv_np.linear import linear
-from rwkv_np.linear_int4 import LEVELS, XQ, _group_dot5, quantize_x
+from rwkv_np.linear_int4 import LEVELS, PAIRED, XQ, _group_dot5, pair_order, quantize_x
 from rwkv_np.storage import Int8Weight, dequantize, embedding_rows, prepare_weight
 from rwkv_np.storage_int4 import Int4Weight, quantize_int4
 from rwkv_np.v4 import reference
@@ -144,7 +144,8 @@ def test_integer_kernel_is_its_formula(dtype, levels, shape):
     w = prepare_weight(rng.standard_normal(shape).astype(np.float32), "int5")
     x = rng.standard_normal((1, shape[1])).astype(np.float32)
     _, xq, sx, xsum, xerr = quantize_x(x, True, dtype, levels, 15.5)
-    y = _rows(w.q, w.scales.view(np.uint16), xq[0], sx[0], xsum[0], xerr[0])
+    kernel_x = pair_order(xq) if dtype == np.int8 and PAIRED else xq  # as activations_int4 passes it
+    y = _rows(w.q, w.scales.view(np.uint16), kernel_x[0], sx[0], xsum[0], xerr[0])
     d, m = f64(w.scales[..., 0]), f64(w.scales[..., 1])
     isum = (values(w) * xq.astype(np.int64)).reshape(shape[0], -1, 32).sum(-1)
     want = (d * (f64(sx) * isum + f64(xerr)) + m * f64(xsum)).sum(-1)
