@@ -13,9 +13,9 @@ scale of its own, x[j] ~= sx[g] xq[j], once per vector, and
 with xsum[g] the float32 sum of x over group g. On a CPU with AVX512-VNNI, xq is int8 and one
 vpdpbusd multiplies 64 weights (ggml rounds x the same way for its Q4/Q5 formats); with AVX2,
 xq is int8 too, in `pair_order`, and two vpmaddubsw and a vpmaddwd take 64; elsewhere (generic
-LLVM vectors) xq is int16 and a pmaddwd takes 16. Batches (N > 1) and float64 x widen each row to float32 in a
-buffer, q * d + m, and use it for every row of x; prompts widen blocks of rows the same way
-before BLAS (`widen_rows`).
+LLVM vectors) xq is int16 and a pmaddwd takes 16. Batches (N > 1) and float64 x widen each row
+to float32 in a buffer, q * d + m, and use it for every row of x; prompts widen blocks of rows
+the same way before BLAS (`widen_rows`).
 
 Why explicit vectors: written as plain loops (linear.py's style), LLVM fully unrolls a group's
 16-byte loop and then vectorizes across groups with gathers: 1.4-2.2 G weights/s on one core.
@@ -45,6 +45,7 @@ XQ, LEVELS = (np.int8, 127) if VNNI or cpu_has("avx2") else (np.int16, 32767)  #
 # vpdpbusd / vpmaddubsw, else int16 for generic pmaddwd (a group's int16 sums, 32 * 31 * 32767 at
 # most, cannot overflow int32)
 PAIRED = XQ == np.int8 and not VNNI  # the AVX2 kernel reads x in `pair_order`
+_X_TYPES = (types.int8, types.int16) if XQ == np.int8 else (types.int16,)  # xq the kernels take
 _HALF = GROUP // 2  # bytes per group
 _VF = ir.VectorType(_F32, _HALF)                   # <16 x float>
 _VB = ir.VectorType(ir.IntType(8), _HALF)          # a group's 16 bytes
@@ -133,7 +134,7 @@ def _pair_sums_avx2(builder, qrow, xq, g, hb):  # groups g, g + 1 . int8 xq in p
     Against x in natural order (ggml's way: a vperm2i128 per group puts its values in order,
     then a vpmaddubsw, vpmaddwd, conversion and multiply-add per group), one core of a Zen 3,
     169M shapes, interleaved runs: int4 19-23 -> 26-32 G weights/s in cache (19-23 -> 24-26
-    streaming), int5 13-16 -> 17-20.5 (13-15 -> 16.5-18)"""
+    streaming), int5 13-16 -> 17-20.5 (13-15 -> 16.5-18)."""
     raw = _vec(builder, builder.gep(qrow, [builder.mul(g, _I64(_HALF))]), GROUP, ir.IntType(8), 1)
     b32, v16, v8 = ir.VectorType(ir.IntType(8), GROUP), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
     halves = [builder.and_(raw, ir.Constant(b32, [15] * GROUP)), builder.lshr(raw, ir.Constant(b32, [4] * GROUP))]
@@ -235,8 +236,8 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
             return builder.fadd(builder.fadd(reduce(total, 16), reduce(builder.load(macc), 8), flags=_FAST),
                                 builder.load(rest), flags=_FAST)
         if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and isinstance(i, types.Integer) and \
-                isinstance(xq, types.Array) and xq.dtype in ((types.int8,) if XQ == np.int8 else ()) + (types.int16,) and _c(xq, 1, xq.dtype) \
-                and _c(sx, 1, types.float32) and _c(xsum, 1, types.float32) and _c(xerr, 1, types.float32):
+                isinstance(xq, types.Array) and xq.dtype in _X_TYPES \
+                and _c(xq, 1, xq.dtype) and _c(sx, 1, types.float32) and _c(xsum, 1, types.float32) and _c(xerr, 1, types.float32):
             return types.float32(Q, i, DM, xq, sx, xsum, xerr), codegen
     _group_dot.__name__ = _group_dot.__qualname__ = f"_group_dot{bits}"
     return intrinsic(_group_dot)
@@ -278,9 +279,11 @@ _widen_row4, _widen_row5 = _widen_row_of(4), _widen_row_of(5)
 def rows_int4(Q, kind, DM, x, y, i0, i1, buf):  # Q (out, in/2 or 5 in/8), DM (out, in/32, 2) bits
     """y[:, i] = x @ W[i] for i0 <= i < i1, y (N, out); kind I4 or I5 (a run-time int: one
     compiled version for both); x as `activations_int4` made it."""
-    if x[1].shape[0] == 1:  # one float32 row, rounded to int16: integer products
+    if x[1].shape[0] == 1:  # one float32 row, rounded to XQ: integer products
         xq, sx, xsum, xerr = x[1][0], x[2][0], x[3][0], x[4][0]
-        ahead = 4096 // Q.shape[1]  # rows: each row asks for the one 4 KB ahead, as linear's int8 rows
+        # Each row asks for the one 4 KB ahead, as linear's int8 rows: one Zen 3 core streaming
+        # int5 768 x 3072 (1920-byte rows) 8.0 -> 14.6 G weights/s, 768 x 768 11.0 -> 13.4.
+        ahead = 4096 // Q.shape[1]  # rows
         for i in range(i0, i1):
             if 0 < ahead and i + ahead < i1:
                 for j in range(0, Q.shape[1], 64):
@@ -313,15 +316,13 @@ def _batch_rows(Q, kind, DM, x, y, i0, i1, buf):  # x (N, in) float32
         dot_rows(buf, x, y, r)
 
 
-
-
 @njit
 def activations_int4(x, rounds, kind):  # x (N, in) -> (x, xq (1, in), sx, xsum, xerr (1, in/32))
     """For one float32 row (rounds: x is float32), each group of 32 rounded on its own scale:
-    x[j] ~= sx[g] xq[j], |xq| <= LEVELS (int8 for VNNI, else int16); x's float32 sums per group;
-    and xerr[g] = c (xsum[g] - sx[g] sum_j xq[j]), c = 7.5 for int4 (kind I4), 15.5 for int5:
-    the centre of the values 0..15 (0..31). Else x alone (the float path) and empty
-    arrays.
+    x[j] ~= sx[g] xq[j], |xq| <= LEVELS (XQ: int8 with VNNI or AVX2, else int16; in `pair_order`
+    for AVX2); x's float32 sums per group; and xerr[g] = c (xsum[g] - sx[g] sum_j xq[j]), c = 7.5
+    for int4 (kind I4), 15.5 for int5: the centre of the values 0..15 (0..31). Else x alone (the
+    float path) and empty arrays.
 
     Why xerr: the integer products take q in 0..15, so the rounding of x meets d q, which sits
     off zero by about the group's whole range; d * xerr moves it to d (q - 7.5), centred like
