@@ -49,11 +49,13 @@ XQ, LEVELS = (np.int8, 127) if VNNI or cpu_has("avx2") else (np.int16, 32767)  #
 # most, cannot overflow int32)
 PAIRED = XQ == np.int8 and not VNNI  # the AVX2 kernel reads x in `pair_order`
 _X_TYPES = (types.int8, types.int16) if XQ == np.int8 else (types.int16,)  # xq the kernels take
+
+
 def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bits 5) rows
     def _group_dot(typingctx, Q, i, DM, xq, sx, xsum, xerr):
         """sum_g d[i, g] (sx[g] (q[i, g, :] . xq[32 g : 32 g + 32]) + xerr[g]) + m[i, g] xsum[g],
         float32. Q (out, in/2) uint8 (int5: (out, 5 in/8), the nibbles then the high bits), DM (out, in/32, 2) float16 bits [d, m] as uint16, xq (in,) int8
-        (VNNI) or int16, sx, xsum and xerr (in/32,) float32, all C-contiguous.
+        (VNNI; AVX2: in `pair_order`) or int16, sx, xsum and xerr (in/32,) float32, all C-contiguous.
 
         Groups go 8 at a time (768 columns: 3 blocks): their 8 [d, m] pairs are one 32-byte load,
         split into d and m vectors; d * sx is each group's scale, a lane of a vector (a permute)
@@ -90,11 +92,9 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
                 ds = builder.fmul(d, _vec(builder, builder.gep(sxp, [g0]), 8, _F32, 4), flags=_FAST)
                 add(macc, m, _vec(builder, builder.gep(xsp, [g0]), 8, _F32, 4))
                 add(macc, d, _vec(builder, builder.gep(xep, [g0]), 8, _F32, 4))
-                for k in range(0, 8, 2):
+                for n, k in enumerate(range(0, 8, 4 if paired else 2)):  # groups k, k + 1 (paired: to k + 3)
                     g = builder.add(g0, _I64(k))
                     if paired:  # two pairs' sums, four lanes a group, one multiply-add
-                        if k % 4:
-                            continue
                         s4 = [_pair_sums_avx2(builder, qrow, xp, builder.add(g, _I64(j)), hb) for j in (0, 2)]
                         sums = [builder.shuffle_vector(s4[0], s4[1], _const(range(16)))]
                         scales = [builder.shuffle_vector(ds, ds, _const([k + j // 4 for j in range(16)]))]
@@ -105,7 +105,7 @@ def _group_dot_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
                         sums = _pair_sums_int16(builder, qrow, xp, g, hb)
                         scales = [builder.shuffle_vector(ds, ds, _const([k + j] * 16)) for j in (0, 1)]
                     for j, (s, scale) in enumerate(zip(sums, scales)):
-                        add(acc[(k // 2 + j) % 2], builder.sitofp(s, v16), scale)
+                        add(acc[(n + j) % 2], builder.sitofp(s, v16), scale)
             with cgutils.for_range(builder, builder.sub(groups, builder.shl(blocks, _I64(3)))) as loop:
                 g = builder.add(builder.shl(blocks, _I64(3)), loop.index)
                 half = lambda k: builder.fpext(builder.bitcast(builder.load(builder.gep(  # noqa: E731
@@ -214,18 +214,20 @@ def activations_int4(x, rounds, kind):  # x (N, in) -> (x, xq (1, in), sx, xsum,
     the weights, at one multiply-add per group: int8 x against a random 70 x 768 matrix, error
     1.6e-2 -> 4.0e-3 of max |y| (the m terms take x's exact sums either way)."""
     x, xq, sx, xsum, xerr = quantize_x(x, rounds, XQ, LEVELS, 15.5 if kind == I5 else 7.5)
-    return x, (pair_order(xq) if PAIRED else xq), sx, xsum, xerr
+    if PAIRED:
+        pair_order(xq)
+    return x, xq, sx, xsum, xerr
 
 
 @njit
-def pair_order(xq):  # xq (1, in) -> the same values as the AVX2 kernel reads them
-    """Each pair of groups of each whole block of 8 (256 columns), 64 values, with its middle two
+def pair_order(xq):  # xq (rows, in), rearranged in place as the AVX2 kernel reads it
+    """Each pair of groups of each whole block of 8 (256 columns), 64 values, gets its middle two
     quarters swapped: [g: 0-15, g + 1: 0-15, g: 16-31, g + 1: 16-31], as the two groups' 32 bytes
     of nibbles lie (low nibbles, then high). Columns past the last whole block stay in order."""
-    out = xq.copy()
-    for c in range(0, xq.shape[1] // 256 * 256, 64):
-        out[:, c + 16:c + 32], out[:, c + 32:c + 48] = xq[:, c + 32:c + 48], xq[:, c + 16:c + 32]
-    return out
+    for r in range(xq.shape[0]):
+        for c in range(0, xq.shape[1] // (8 * GROUP) * (8 * GROUP), 2 * GROUP):
+            for j in range(c + GROUP // 2, c + GROUP):
+                xq[r, j], xq[r, j + GROUP // 2] = xq[r, j + GROUP // 2], xq[r, j]
 
 
 @njit
