@@ -26,6 +26,7 @@ from numba import njit, prange, types
 from numba.core.extending import overload
 
 from .dot_rows import dot_rows, dot_rows4
+from .dot_tile import tiles, tiles_int8
 from .errors import InputError
 from .gemm import gemm_tasks, run_tasks
 from .linear_int4 import activations_int4, rows_int4
@@ -74,8 +75,8 @@ def _project(W, x, y, i0, i1, buf):
 def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
     if x.shape[0] == 1:
         _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
-    else:  # no widening: the rows are used where they are, four at a time
-        i = i0
+    else:  # no widening: the rows are used where they are, two (dot_tile) or four at a time
+        i = tiles(A, False, x, y, i0, i1)
         while i + 4 <= i1:
             dot_rows4(A, i, x, y, i)
             i += 4
@@ -85,17 +86,18 @@ def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
 
 @njit(fastmath=True)
 def _rows_halves(A, f16, x, y, i0, i1, buf):  # A (out, in) uint16: float16 or bfloat16 bits
+    i = tiles(A, f16, x, y, i0, i1) if x.shape[0] > 1 else i0
     if f16:
-        _packed_rows(A, _f16, x, y, i0, i1, buf)
+        _packed_rows(A, _f16, x, y, i, i1, buf)
     else:
-        _packed_rows(A, _bf16, x, y, i0, i1, buf)
+        _packed_rows(A, _bf16, x, y, i, i1, buf)
 
 
 @njit(fastmath=True)
 def _rows_pairs(A, x, xs, y, i0, i1, buf):  # A (out, in/2) uint32: bfloat16 in pairs
     # (column 2j in the low half, 2j + 1 in the high); xs: x's even and odd columns apart
-    if x.shape[0] > 1:  # as _packed_rows: four rows widened, then one at a time
-        rows4, i = np.empty((4, 2 * A.shape[1]), np.float32), i0
+    if x.shape[0] > 1:  # dot_tile, else as _packed_rows: four rows widened, then one at a time
+        rows4, i = np.empty((4, 2 * A.shape[1]), np.float32), tiles(A, False, x, y, i0, i1)
         while i + 4 <= i1:
             for k in range(4):
                 for j in range(A.shape[1]):
@@ -116,8 +118,11 @@ def _rows_pairs(A, x, xs, y, i0, i1, buf):  # A (out, in/2) uint32: bfloat16 in 
 
 @njit(fastmath=True)
 def _rows_int8(Q, scale, x, y, i0, i1, buf):  # Q (out, in) int8, x = (x, xq, sx)
-    if x[1].shape[0] == 1:
-        _int8_rows(Q, scale, x[1][0], x[2][0], y[0], i0, i1)
+    xq, sx = x[1], x[2]
+    if xq.shape[0] > 0:  # rows of x rounded to int16: integer products, a batch's by dot_tile
+        i = i0 if xq.shape[0] == 1 else tiles_int8(Q, scale, xq, sx, y, i0, i1)
+        for n in range(xq.shape[0]):
+            _int8_rows(Q, scale, xq[n], sx[n], y[n], i, i1)
         return
     _packed_rows(Q, _i8, x[0], y, i0, i1, buf)
     for n in range(x[0].shape[0]):
@@ -144,12 +149,14 @@ def activations(W, x):  # x (N, in) -> what `project` takes as x for the weight 
     - bfloat16 in pairs: (x, xs), xs (2, in/2) the even and odd columns of x apart, so that both
       halves of a 32-bit load of W are used with plain vertical operations (a shift, a mask), no
       zero-extending shuffles: 15% faster on the 169M head than widening elements one by one.
-    - int8: (x, xq, sx). For a float32 row, x ~= xq * sx with xq (1, in) int16, so that the int8
-      kernel multiplies integers (vpmaddwd: on a Zen 1 core 1.5-2x the weights per second of
-      widening int8 to float32, which bounded it). The levels are capped so that no int32 row
-      sum can overflow: |xq| <= (2**31 - 1) // (127 * in), e.g. 22017 for in = 768, 5504 for
-      3072. float64 rows keep float arithmetic (xq empty).
-    Batches (N > 1) keep float arithmetic (xs, xq empty)."""
+    - int8: (x, xq, sx). Each float32 row n of x ~= xq[n] * sx[n], xq (N, in) int16, so that the
+      int8 kernels multiply integers (vpmaddwd: on a Zen 1 core 1.5-2x the weights per second of
+      widening int8 to float32, which bounded it; batches by dot_tile, the same sums as one
+      row's: on a Zen 3, 169M, 2 threads, batch-8 decode 19.9 -> ? ms). The levels are capped so
+      that no int32 row sum can overflow: |xq| <= (2**31 - 1) // (127 * in), e.g. 22017 for in
+      = 768, 5504 for 3072. float64 rows, and more than SMALL_N (BLAS), keep float arithmetic
+      (xq empty).
+    bfloat16 batches (N > 1) keep x alone (xs empty)."""
 
 
 @overload(activations, inline="never")
@@ -173,19 +180,20 @@ def _activations(W, x):
 
     def impl(W, x):
         N, n = x.shape
-        if N != 1 or not rounds:
+        if not 1 <= N <= SMALL_N or not rounds:
             return x, np.empty((0, n), np.int16), np.empty(0, np.float64)
         levels = np.float64(min(32767, (2 ** 31 - 1) // (127 * max(n, 1))))
-        top, finite = np.float32(0.0), True
-        for j in range(n):
-            top = max(top, abs(x[0, j]))
-            finite &= abs(x[0, j]) < np.inf
-        xq = np.zeros((1, n), np.int16)
-        if finite and top > 0:
-            inv = levels / top  # float64, like sx: a subnormal top would overflow float32
+        xq, sx = np.zeros((N, n), np.int16), np.empty(N)
+        for b in range(N):  # each row on a scale of its own
+            top, finite = np.float32(0.0), True
             for j in range(n):
-                xq[0, j] = np.int16(np.rint(x[0, j] * inv))
-        sx = np.full(1, top / levels if finite else np.nan)  # NaN in, NaN out
+                top = max(top, abs(x[b, j]))
+                finite &= abs(x[b, j]) < np.inf
+            if finite and top > 0:
+                inv = levels / top  # float64, like sx: a subnormal top would overflow float32
+                for j in range(n):
+                    xq[b, j] = np.int16(np.rint(x[b, j] * inv))
+            sx[b] = top / levels if finite else np.nan  # NaN in, NaN out
         return x, xq, sx
     return impl
 

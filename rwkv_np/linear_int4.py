@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from .dot_rows import dot_rows, dot_rows4
+from .dot_tile import tiles_int4
 from .int4_sums import _HALF, _VF, _group_sums, _high, _nibbles, _pair_sums_avx2, _pair_sums_int16, _pair_sums_vnni
 from .int4_sums import _scale
 from .llvm_vectors import FAST as _FAST, F32 as _F32, I32 as _I32, I64 as _I64
@@ -183,8 +184,9 @@ def rows_int4(Q, kind, DM, x, y, i0, i1, buf):  # Q (out, in/2 or 5 in/8), DM (o
 
 @njit(fastmath=True)  # a call of its own, so that the single-row loops above compile as before
 def _batch_rows(Q, kind, DM, x, y, i0, i1, buf):  # x (N, in) float32
-    """Batches: widen four rows once (as linear.py's _packed_rows), use them for every row of x."""
-    rows4, i = np.empty((4, buf.shape[0]), np.float32), i0
+    """Batches: two rows at a time widened in registers (dot_tile), else four rows widened once
+    into a buffer (as linear.py's _packed_rows), used for every row of x."""
+    rows4, i = np.empty((4, buf.shape[0]), np.float32), tiles_int4(Q, kind, DM, x, y, i0, i1)
     while i + 4 <= i1:
         for k in range(4):
             if kind == I5:

@@ -211,7 +211,8 @@ def int4_dir(tmp_path_factory):
 
 def test_token_steps_and_prompts_match_reference(int4_dir):
     """The float64 reference on the matrices int4 storage stands for (embedding and head int8):
-    prompts within float32 rounding, token steps within 1e-5 for B = 2 (float products) and for
+    the prompt (16 rows) and B = 2 token steps within 3e-4, for the int8 head rounds x to int16
+    up to linear.SMALL_N rows (measured 3.4e-5; the int4 matrices multiply floats there), and
     B = 1, where x is rounded before each product, within 3e-4 x (32767 / LEVELS): the rounding
     step's size (int16 x: 1.1e-4 measured; int8 x per group, with VNNI or AVX2: 2.9e-2 on these random
     weights, whose activations are large; on the demo model it moves the KL to float32 by 1%)."""
@@ -230,13 +231,13 @@ def test_token_steps_and_prompts_match_reference(int4_dir):
                if n in stored else x for n, x in random_state_dict(CONFIG, seed=7).items()}
     ref = reference.forward(weights, CONFIG, IDS)["logits"]
     scale = np.abs(ref).max()
-    assert np.abs(model(IDS).logits - ref).max() / scale < 1e-5
+    assert np.abs(model(IDS).logits - ref).max() / scale < 3e-4
     for B in (1, 2):
         state, steps = None, []
         for t in range(IDS.shape[1]):
             out = model(IDS[:B, t:t + 1], state=state)
             state, steps = out.state, steps + [out.logits]
-        assert np.abs(np.concatenate(steps, 1) - ref[:B]).max() / scale < (3e-4 * 32767 / LEVELS if B == 1 else 1e-5)
+        assert np.abs(np.concatenate(steps, 1) - ref[:B]).max() / scale < (3e-4 * 32767 / LEVELS if B == 1 else 3e-4)
 
 
 def test_file_loads_mapped_with_the_load_time_numbers(int4_dir):

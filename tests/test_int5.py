@@ -200,7 +200,9 @@ def int5_dir(tmp_path_factory):
 
 def test_v4_prompts_and_token_steps_match_reference(int5_dir):
     """RWKV-4: the float64 reference on the matrices int5 stands for (embedding, head int8):
-    prompts within float32 rounding, B = 1 token steps within test_int4's bound for rounded x."""
+    prompts within float32 rounding and the int8 head's rounding of x (16 rows: up to
+    linear.SMALL_N, x is rounded as in token steps; measured 3.1e-5), B = 1 token steps within
+    test_int4's bound for rounded x."""
     src, dst = int5_dir
     model = RwkvForCausalLM.from_pretrained(src, weights="int5")
     assert isinstance(model.head, Int8Weight) and isinstance(model.rwkv.embeddings, Int8Weight)
@@ -215,7 +217,7 @@ def test_v4_prompts_and_token_steps_match_reference(int5_dir):
     weights = {n: stored.get(n, x) for n, x in random_state_dict(CONFIG, seed=7).items()}
     ref = reference.forward(weights, CONFIG, IDS)["logits"]
     scale = np.abs(ref).max()
-    assert np.abs(model(IDS).logits - ref).max() / scale < 1e-5
+    assert np.abs(model(IDS).logits - ref).max() / scale < 3e-4
     state, steps = None, []
     for t in range(IDS.shape[1]):
         out = model(IDS[:1, t:t + 1], state=state)
@@ -271,7 +273,7 @@ def test_v5_v6_token_steps_match_reference(variant):
     model = model_of(variant, "int5")
     ids = np.random.default_rng(1).integers(0, CONFIGS[variant].vocab_size, (1, 9))
     ref = GENERATION[variant][1].forward(stored(variant, "int5"), CONFIGS[variant], ids)["logits"]
-    assert rel_err(model(ids).logits, ref) < 1e-5
+    assert rel_err(model(ids).logits, ref) < 3e-4  # 9 rows: the int8 head rounds x (linear.activations)
     assert rel_err(steps(model, ids)[0], ref) < 3e-4 * 32767 / LEVELS
 
 
@@ -297,7 +299,7 @@ def test_v7_prompt_and_steps_match_reference():
     ids = np.random.default_rng(2).integers(0, config.vocab_size, (1, 7))
     want = reference7.forward({k: np.asarray(v, np.float64) for k, v in held.items()}, config, ids)["logits"]
     scale = np.abs(want).max()
-    assert np.abs(model(ids).logits - want).max() / scale < 2e-6
+    assert np.abs(model(ids).logits - want).max() / scale < 3e-4  # int8 head and LoRAs: x rounded (7 rows)
     state, got = None, []
     for t in range(ids.shape[1]):
         out = model(ids[:, t:t + 1], state=state)

@@ -34,14 +34,15 @@ def f64(a):
 
 
 def x_rounding(Wp, x):  # -> (N, out) bound on the error of rounding x for int8 weights, or 0
-    """One float32 row of x against int8 weights is rounded to int16 levels (x * col_scale, if
-    any): at most (2**31 - 1) // (127 * in) levels, so that the int32 sums cannot overflow. Each
-    element moves by at most half a step (0.51: the float32 product x * levels / max rounds
-    too), so y[i] moves by at most that times sum_j |q[i, j]| * row_scale[i]."""
-    if not isinstance(Wp, Int8Weight) or x.shape[0] != 1 or x.dtype != np.float32:
+    """Rows of float32 x (up to SMALL_N of them) against int8 weights are rounded to int16
+    levels, each row on its own scale (x * col_scale, if any): at most (2**31 - 1) // (127 * in)
+    levels, so that the int32 sums cannot overflow. Each element moves by at most half a step
+    (0.51: the float32 product x * levels / max rounds too), so y[n, i] moves by at most that
+    times sum_j |q[i, j]| * row_scale[i]."""
+    if not isinstance(Wp, Int8Weight) or x.shape[0] > lin.SMALL_N or x.dtype != np.float32:
         return 0.0
     xc = f64(x) * (1.0 if Wp.col_scale is None else f64(Wp.col_scale))
-    step = np.abs(xc).max() / min(32767, (2 ** 31 - 1) // (127 * x.shape[1]))
+    step = np.abs(xc).max(axis=1, keepdims=True) / min(32767, (2 ** 31 - 1) // (127 * x.shape[1]))
     return 0.51 * step * (np.abs(f64(Wp.q)).sum(axis=1) * f64(Wp.row_scale))[None, :]
 
 
@@ -65,6 +66,21 @@ def test_linear_matches_float64_product_of_the_stored_matrix(storage, N, shape):
     y = linear(x, Wp)
     assert y.dtype == np.float32 and y.shape == (N, shape[0])
     assert_close_to_product(y, x, dequantize(Wp), rel=1e-5, Wp=Wp)
+
+
+@pytest.mark.parametrize("shape", [(37, 16), (6, 1040), (130, 48)])
+@pytest.mark.parametrize("N", [2, 4, 5, 8, 11, 16])
+@pytest.mark.parametrize("storage", STORAGES)
+def test_batches_of_widths_the_tile_takes(storage, N, shape):
+    # in % 16 == 0 (1040: two of dot_tile's column chunks and a piece), N up to SMALL_N, rows of
+    # x left past the last four (N = 5, 11) and an odd weight row left (37)
+    rng = np.random.default_rng(N * 1000 + shape[0])
+    Wp = make(storage, random_weight(rng, shape))
+    x = rng.standard_normal((N, shape[1])).astype(np.float32)
+    y = linear(x, Wp)
+    assert_close_to_product(y, x, dequantize(Wp), rel=1e-5, Wp=Wp)
+    if storage.startswith("int8"):  # the same integer sums as one row at a time
+        np.testing.assert_array_equal(y, np.concatenate([linear(x[n:n + 1], Wp) for n in range(N)]))
 
 
 @pytest.mark.parametrize("N", NS)

@@ -3,10 +3,11 @@ for every weight storage and batch size: the numbers the sequence path gives, wi
 rounding of the matrices the storage stands for.
 
 Measured on this file's model (9 steps from a zero state; errors relative to the largest value):
-float32 / float16 / bfloat16, and int8 at B = 8, 2.0e-7 .. 3.7e-6 (the sequence path on the same
-steps: 1.9e-7 .. 1.7e-6); int8 at B = 1 3.0e-5 .. 8.2e-5, because one row against int8 weights is
+float32 / float16 / bfloat16 2.0e-7 .. 3.7e-6 (the sequence path on the same steps: 1.9e-7 ..
+1.7e-6); int8 3.0e-5 .. 8.2e-5 at B = 1 and 6.6e-5 .. 3.7e-4 over the eight sequences of B = 8
+(each the same bits as the sequence run alone), because rows of x against int8 weights are
 rounded to int16 before each product (linear.activations; eleven products per layer here).
-Bounds: 1e-5, and 3e-4 for int8 at B = 1 (RWKV-4's token-mode test uses the same two).
+Bounds: 1e-5, and 1e-3 for int8.
 """
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from rwkv_np.v7.model import Rwkv7ForCausalLM
 CONFIG = Rwkv7Config(vocab_size=50, hidden_size=60, num_hidden_layers=3, head_dim=20, intermediate_size=100,
                      decay_low_rank_dim=8, a_low_rank_dim=12, v_low_rank_dim=6, gate_low_rank_dim=9)
 STORAGES = ["float32", "float16", "bfloat16", "int8"]
-BOUND = {"int8 B=1": 3e-4, "other": 1e-5}
+BOUND = {"int8": 1e-3, "other": 1e-5}
 
 
 def random_params(config: Rwkv7Config, seed=0) -> dict:
@@ -81,7 +82,7 @@ def test_token_steps_match_reference(storage, B):
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 9))
     ref = reference.forward(stored(storage), CONFIG, ids)
     logits, state = steps(model, ids)
-    bound = BOUND["int8 B=1" if storage == "int8" and B == 1 else "other"]
+    bound = BOUND["int8" if storage == "int8" else "other"]
     assert rel_err(logits, ref["logits"]) < bound
     for got, want in zip(state, ref["state"]):
         assert got.dtype == np.float32 and rel_err(got, want) < bound

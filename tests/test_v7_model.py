@@ -192,8 +192,9 @@ def test_int4_runs_the_matrices_it_stores_with_int8_embedding_and_head():
     """weights="int4" (C a multiple of its groups of 32): every layer matrix Int4Weight, the
     embedding and the head int8 as an int4 file keeps them (storage.EDGE_STORAGE; not quantized
     a second time at load), and the prompt's logits are the float64 reference's on the matrices
-    the model holds, within float32 rounding (measured 3.6e-7 of the largest logit; 0.49 against the unquantized
-    weights)."""
+    the model holds, within float32 rounding and the int8 products' rounding of x (7 rows: up to
+    linear.SMALL_N, x is rounded to int16 as in token steps; measured 2.8e-5 of the largest
+    logit, 3.6e-7 before x was rounded; 0.49 against the unquantized weights)."""
     config = dataclasses.replace(MULTI, hidden_size=64, num_heads=2, head_dim=32, intermediate_size=128)
     params = random_params(config)
     model = Rwkv7ForCausalLM(config, params, "float32", weights="int4")
@@ -213,4 +214,4 @@ def test_int4_runs_the_matrices_it_stores_with_int8_embedding_and_head():
                 held[pre + f"attn.{kind}_lora.lora.2.weight"] = dequantize(lora[1])
     ids = np.random.default_rng(2).integers(0, config.vocab_size, (1, 7))
     want = reference.forward({k: np.asarray(v, np.float64) for k, v in held.items()}, config, ids)["logits"]
-    assert rel(model(ids).logits, want) < 2e-6
+    assert rel(model(ids).logits, want) < 3e-4
