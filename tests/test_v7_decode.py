@@ -7,7 +7,7 @@ float32 / float16 / bfloat16 2.0e-7 .. 3.7e-6 (the sequence path on the same ste
 1.7e-6); int8 3.0e-5 .. 8.2e-5 at B = 1 and 6.6e-5 .. 3.7e-4 over the eight sequences of B = 8
 (each the same bits as the sequence run alone), because rows of x against int8 weights are
 rounded to int16 before each product (linear.activations; eleven products per layer here).
-Bounds: 1e-5, and 1e-3 for int8.
+Bounds: 1e-5, and for int8 3e-4 at B = 1 and 1e-3 at B = 8.
 """
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from rwkv_np.v7.model import Rwkv7ForCausalLM
 CONFIG = Rwkv7Config(vocab_size=50, hidden_size=60, num_hidden_layers=3, head_dim=20, intermediate_size=100,
                      decay_low_rank_dim=8, a_low_rank_dim=12, v_low_rank_dim=6, gate_low_rank_dim=9)
 STORAGES = ["float32", "float16", "bfloat16", "int8"]
-BOUND = {"int8": 1e-3, "other": 1e-5}
+BOUND = {("int8", 1): 3e-4, ("int8", 8): 1e-3}
 
 
 def random_params(config: Rwkv7Config, seed=0) -> dict:
@@ -82,7 +82,7 @@ def test_token_steps_match_reference(storage, B):
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 9))
     ref = reference.forward(stored(storage), CONFIG, ids)
     logits, state = steps(model, ids)
-    bound = BOUND["int8" if storage == "int8" else "other"]
+    bound = BOUND.get((storage, B), 1e-5)
     assert rel_err(logits, ref["logits"]) < bound
     for got, want in zip(state, ref["state"]):
         assert got.dtype == np.float32 and rel_err(got, want) < bound
