@@ -25,7 +25,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
 from .dot_rows import WIDE
-from .int4_sums import _HALF, _high, _nibbles, _scale
+from .int4_sums import _HALF, group_values
 from .llvm_vectors import F32, FAST, I32, I64, c_array, const, row, vec
 from .storage_int4 import GROUP, I5
 
@@ -59,7 +59,7 @@ class _Rows:
 
 class _Int4Rows(_Rows):
     """int4 / int5 (storage_int4's layout): a step is a group of 32, two <16 x float> q * d + m,
-    as linear_int4.py's _widen_row computes them; the scales array DM is the tile's 6th argument."""
+    int4_sums.group_values; the scales array DM is the tile's 6th argument."""
     width = GROUP
 
     def __init__(self, bits):
@@ -79,14 +79,7 @@ class _Int4Rows(_Rows):
 
     def load(self, builder, row, j):
         q, dm, hb = row
-        g = builder.lshr(j, I64(5))
-        d, m = _scale(builder, dm, g, 0), _scale(builder, dm, g, 1)
-        out = []
-        for k, half in enumerate(_nibbles(builder, q, g, ir.VectorType(I32, _HALF))):
-            if self.bits == 5:  # value j = nibble + 16 (bit j): bits 16 k .. 16 k + 15 of the word
-                half = _high(builder, half, builder.gep(hb, [I64(2 * k)]), g)
-            out.append(builder.fadd(builder.fmul(builder.sitofp(half, _V16), d, flags=FAST), m, flags=FAST))
-        return out
+        return group_values(builder, q, dm, hb, builder.lshr(j, I64(5)), self.bits)
 
 
 def _float32(builder, p):  # 16 float32 at p (i8*) -> <16 x float>

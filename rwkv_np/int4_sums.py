@@ -7,7 +7,7 @@ storage_int4.py's."""
 from llvmlite import ir
 from numba.core import cgutils
 
-from .llvm_vectors import F32 as _F32, I32 as _I32, I64 as _I64
+from .llvm_vectors import FAST, F32 as _F32, I32 as _I32, I64 as _I64
 from .llvm_vectors import bits_as_lanes, const as _const, splat as _splat, vec as _vec
 from .storage_int4 import GROUP
 
@@ -127,3 +127,15 @@ def _group_sums(builder, qrow, xq, g, hb):  # one group g . xq (int8 or int16) -
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [ir.VectorType(_I32, GROUP)]),
                                         "llvm.vector.reduce.add.v32i32")
     return builder.call(fn, [builder.mul(q, x)])
+
+
+def group_values(builder, qrow, dmrow, hb, g, bits):  # group g of a row -> two <16 x float>: q * d + m
+    """Values 0-15 and 16-31 of group g widened to float32 (linear_int4's widened rows for
+    prompts, dot_tile's batch tiles). hb: int5's high-bit plane (bits 5), else unused."""
+    d, m = _scale(builder, dmrow, g, 0), _scale(builder, dmrow, g, 1)
+    out = []
+    for k, half in enumerate(_nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))):
+        if bits == 5:  # value j = nibble + 16 (bit j): bits 16 k .. 16 k + 15 of the word
+            half = _high(builder, half, builder.gep(hb, [_I64(2 * k)]), g)
+        out.append(builder.fadd(builder.fmul(builder.sitofp(half, _VF), d, flags=FAST), m, flags=FAST))
+    return out

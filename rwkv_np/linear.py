@@ -86,7 +86,7 @@ def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
 
 @njit(fastmath=True)
 def _rows_halves(A, f16, x, y, i0, i1, buf):  # A (out, in) uint16: float16 or bfloat16 bits
-    i = tiles(A, f16, x, y, i0, i1) if x.shape[0] > 1 else i0
+    i = tiles(A, f16, x, y, i0, i1)  # i0 for one row of x
     if f16:
         _packed_rows(A, _f16, x, y, i, i1, buf)
     else:

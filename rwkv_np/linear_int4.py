@@ -37,9 +37,8 @@ from numba.core.extending import intrinsic
 
 from .dot_rows import dot_rows, dot_rows4
 from .dot_tile import tiles_int4
-from .int4_sums import _HALF, _VF, _group_sums, _high, _nibbles, _pair_sums_avx2, _pair_sums_int16, _pair_sums_vnni
-from .int4_sums import _scale
-from .llvm_vectors import FAST as _FAST, F32 as _F32, I32 as _I32, I64 as _I64
+from .int4_sums import _HALF, _VF, _group_sums, _pair_sums_avx2, _pair_sums_int16, _pair_sums_vnni, group_values
+from .llvm_vectors import FAST as _FAST, F32 as _F32, I64 as _I64
 from .llvm_vectors import c_array as _c, cpu_has, const as _const, data as _data, prefetch, row as _row
 from .llvm_vectors import vec as _vec
 from .storage_int4 import GROUP, I5
@@ -143,13 +142,8 @@ def _widen_row_of(bits):  # -> the intrinsic below for int4 (bits 4) or int5 (bi
             groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 1)
             hb = builder.gep(qrow, [builder.mul(groups, _I64(_HALF))])
             with cgutils.for_range(builder, groups) as loop:
-                g = loop.index
-                d, m = _scale(builder, dmrow, g, 0), _scale(builder, dmrow, g, 1)
-                base = builder.gep(op, [builder.mul(g, _I64(GROUP))])
-                for k, half in enumerate(_nibbles(builder, qrow, g, ir.VectorType(_I32, _HALF))):
-                    if bits == 5:  # value j = nibble + 16 (bit j): bits 16 k .. 16 k + 15 of the word
-                        half = _high(builder, half, builder.gep(hb, [_I64(2 * k)]), g)
-                    value = builder.fadd(builder.fmul(builder.sitofp(half, _VF), d, flags=_FAST), m, flags=_FAST)
+                base = builder.gep(op, [builder.mul(loop.index, _I64(GROUP))])
+                for k, value in enumerate(group_values(builder, qrow, dmrow, hb, loop.index, bits)):
                     builder.store(value, builder.bitcast(builder.gep(base, [_I64(k * _HALF)]), _VF.as_pointer()), align=4)
             return context.get_dummy_value()
         if _c(Q, 2, types.uint8) and _c(DM, 3, types.uint16) and _c(out, 1, types.float32) and isinstance(i, types.Integer):
