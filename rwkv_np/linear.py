@@ -31,7 +31,7 @@ from .errors import InputError
 from .gemm import gemm_tasks, run_tasks
 from .linear_int4 import activations_int4, rows_int4
 from .llvm_vectors import prefetch
-from .storage import F16, _as_is, _bf16, _bf16_hi, _bf16_lo, _f16, _i8, packed
+from .storage import F16, _as_is, _bf16, _bf16_hi, _bf16_lo, _bits_to_f32, _f16, _i8, packed
 
 SMALL_N = 16  # up to this many rows of x use the weight-row-reuse kernel (it beat OpenBLAS at
 #               N = 2..16 on the 169M shapes, 1 and 2 threads), above: BLAS
@@ -183,17 +183,20 @@ def _activations(W, x):
         if not 1 <= N <= SMALL_N or not rounds:
             return x, np.empty((0, n), np.int16), np.empty(0, np.float64)
         levels = np.float64(min(32767, (2 ** 31 - 1) // (127 * max(n, 1))))
-        xq, sx = np.zeros((N, n), np.int16), np.empty(N)
+        xq, sx, bits = np.empty((N, n), np.int16), np.empty(N), x.view(np.int32)
         for b in range(N):  # each row on a scale of its own
-            top, finite = np.float32(0.0), True
+            top = np.int32(0)  # max |x| as float32 bits: an integer max vectorizes (a float
+            for j in range(n):  # one, NaN-aware, does not; 3x faster at B = 8), and inf or NaN
+                top = max(top, bits[b, j] & np.int32(0x7FFFFFFF))  # reads as >= 0x7F800000
+            if top == 0 or top >= np.int32(0x7F800000):
+                xq[b] = 0
+                sx[b] = 0.0 if top == 0 else np.nan  # NaN in, NaN out
+                continue
+            peak = np.float64(_bits_to_f32(np.uint32(top)))
+            inv = levels / peak  # float64, like sx: a subnormal top would overflow float32
             for j in range(n):
-                top = max(top, abs(x[b, j]))
-                finite &= abs(x[b, j]) < np.inf
-            if finite and top > 0:
-                inv = levels / top  # float64, like sx: a subnormal top would overflow float32
-                for j in range(n):
-                    xq[b, j] = np.int16(np.rint(x[b, j] * inv))
-            sx[b] = top / levels if finite else np.nan  # NaN in, NaN out
+                xq[b, j] = np.int16(np.rint(x[b, j] * inv))
+            sx[b] = peak / levels
         return x, xq, sx
     return impl
 

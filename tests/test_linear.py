@@ -125,6 +125,23 @@ def test_int8_rounding_of_tiny_and_huge_activations(size):
     assert_close_to_product(linear(x, Wp), x, dequantize(Wp), rel=1e-5, Wp=Wp)
 
 
+def test_int8_rows_of_zeros_nan_and_inf_in_a_batch():
+    # Each row is rounded on its own scale: a zero row gives zeros, a row holding NaN or inf gives
+    # NaN (as a float product would: inf * q sums to inf - inf somewhere), and the finite rows
+    # beside them keep their bound.
+    rng = np.random.default_rng(4)
+    Wp = prepare_weight(random_weight(rng, (48, 64)), "int8")
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    x[1] = 0.0
+    x[2, 7] = np.nan
+    x[3, 9] = -np.inf
+    x[4] = -0.0
+    y = linear(x, Wp)
+    assert np.all(y[1] == 0) and np.all(y[4] == 0)
+    assert np.all(np.isnan(y[2])) and np.all(np.isnan(y[3]))
+    assert_close_to_product(y[:1], x[:1], dequantize(Wp), rel=1e-5, Wp=Wp)
+
+
 def test_int8_quantization_uses_the_full_range_of_each_row():
     rng = np.random.default_rng(1)
     W = random_weight(rng, (20, 33))
