@@ -95,7 +95,7 @@ def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     checked above. Larger models run the parallel build of the same body: the same bits.
     Storages: plain float rows, bfloat16 (rows widened into the per-call buffers for batches) and
     int8 (x rounded once per call, then integer products); the others share these code shapes, and
-    each parallel build takes ~25 s to compile (CI time)."""
+    each parallel build takes ~25 s to compile (CI time). The same for other job sizes."""
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 4))
     model = Rwkv7ForCausalLM(CONFIG, WEIGHTS, "float32", weights=storage)
     assert model.token_layers[0][0] is decode._layer
@@ -107,6 +107,12 @@ def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     parallel = model(ids[:, 3:], state=[s.copy() for s in state])
     np.testing.assert_array_equal(parallel.logits, serial.logits)
     for got, want in zip(parallel.state, serial.state):
+        np.testing.assert_array_equal(got, want)
+    # Jobs of other sizes (linear.job_rows: multiples of 16; 32 leaves a part job here): same bits
+    monkeypatch.setattr(decode, "job_rows", lambda B, width: 32)
+    resized = model(ids[:, 3:], state=[s.copy() for s in state])
+    np.testing.assert_array_equal(resized.logits, serial.logits)
+    for got, want in zip(resized.state, serial.state):
         np.testing.assert_array_equal(got, want)
 
 

@@ -22,12 +22,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, project
 from ..storage import packed
 from .kernels import norm_and_mix, wkv_step
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
-
-ROWS_PER_JOB = 16  # weight rows per parallel work item: enough to amortize, small to balance
 
 
 class TokenLayer(NamedTuple):
@@ -46,13 +44,13 @@ class TokenLayer(NamedTuple):
 
 
 @njit(inline="always")
-def _jobs(rows):  # number of ROWS_PER_JOB blocks of a matrix with `rows` rows
-    return (rows + ROWS_PER_JOB - 1) // ROWS_PER_JOB
+def _jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
+    return (rows + per - 1) // per
 
 
 @njit(inline="always")
-def _rows(job, rows):  # the rows of block `job`
-    return job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, rows)
+def _rows(job, rows, per):  # the rows of block `job`
+    return job * per, min((job + 1) * per, rows)
 
 
 @njit(inline="always")
@@ -65,12 +63,14 @@ def _keep(last, l, xn):  # last (B, H, L) <- xn (B, 1, H) in column l: the token
 
 
 @njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions (wkv.py)
-def _layer(x, state, l, w, eps):
+def _layer(x, state, l, w, eps, per):
     """One layer for B tokens. x (B, H) float32, updated in place; state: the five (B, ., L)
-    arrays of state.py, column l updated in place; w: the layer's TokenLayer. Each job owns a block of rows of one phase and finishes the elementwise work on them, so
-    the only serial code is the two layer norms. Called from Python, one core runs the jobs in
-    turn (small models: linear.PARALLEL_MIN_WEIGHTS); inlined into `_layer_parallel`, every prange
-    below is a parallel loop."""
+    arrays of state.py, column l updated in place; w: the layer's TokenLayer; per: weight rows a
+    job (linear.job_rows). Each job owns a block of rows of one phase and finishes the elementwise
+    work on them, so the only serial code is the two layer norms and the int8 roundings of x.
+    Called from Python, one core runs the jobs in turn (small models:
+    linear.PARALLEL_MIN_WEIGHTS); inlined into `_layer_parallel`, every prange below is a
+    parallel loop."""
     Wk, Wv, Wr, Wo = w.att_key, w.att_value, w.att_receptance, w.att_output
     Fk, Fr, Fv = w.ffn_key, w.ffn_receptance, w.ffn_value
     first, decay, scale, halve = w.time_first, w.time_decay, w.scale, w.halve  # fields as locals:
@@ -86,8 +86,8 @@ def _layer(x, state, l, w, eps):
     _keep(state[ATT_X], l, xa)
     k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
     rw = np.empty((B, A), f32)
-    for job in prange(_jobs(A)):  # channels c0:c1 of k, v, r, then their WKV step
-        c0, c1 = _rows(job, A)
+    for job in prange(_jobs(A, per)):  # channels c0:c1 of k, v, r, then their WKV step
+        c0, c1 = _rows(job, A, per)
         buf = np.empty(H, f32)
         project(Wk, xk, k, c0, c1, buf)
         project(Wv, xv, v, c0, c1, buf)
@@ -104,8 +104,8 @@ def _layer(x, state, l, w, eps):
                 num[b, c, l], den[b, c, l], pmax[b, c, l] = sa[c - c0], sb[c - c0], sp[c - c0]
 
     att, rwa = np.empty((B, H), f32), activations(Wo, rw)
-    for job in prange(_jobs(H)):  # x += (r * wkv) @ W_output.T, rows j0:j1
-        j0, j1 = _rows(job, H)
+    for job in prange(_jobs(H, per)):  # x += (r * wkv) @ W_output.T, rows j0:j1
+        j0, j1 = _rows(job, H, per)
         project(Wo, rwa, att, j0, j1, np.empty(A, f32))
         for b in range(B):
             for j in range(j0, j1):
@@ -117,25 +117,25 @@ def _layer(x, state, l, w, eps):
     fk, fr = activations(Fk, mixed[0]), activations(Fr, mixed[1])
     _keep(state[FFN_X], l, xf)
     key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
-    n = _jobs(I)
-    for job in prange(n + _jobs(H)):
+    n = _jobs(I, per)
+    for job in prange(n + _jobs(H, per)):
         buf = np.empty(H, f32)
         if job < n:
-            j0, j1 = _rows(job, I)
+            j0, j1 = _rows(job, I, per)
             project(Fk, fk, key, j0, j1, buf)
             for b in range(B):
                 for j in range(j0, j1):
                     key[b, j] = max(key[b, j], f32(0.0)) ** 2
         else:
-            j0, j1 = _rows(job - n, H)
+            j0, j1 = _rows(job - n, H, per)
             project(Fr, fr, gate, j0, j1, buf)
             for b in range(B):
                 for j in range(j0, j1):
                     gate[b, j] = sigmoid(gate[b, j])
 
     ffn, keya = np.empty((B, H), f32), activations(Fv, key)
-    for job in prange(_jobs(H)):  # x += gate * (key @ W_value.T), rows j0:j1
-        j0, j1 = _rows(job, H)
+    for job in prange(_jobs(H, per)):  # x += gate * (key @ W_value.T), rows j0:j1
+        j0, j1 = _rows(job, H, per)
         project(Fv, keya, ffn, j0, j1, np.empty(I, f32))
         for b in range(B):
             for j in range(j0, j1):
@@ -145,8 +145,8 @@ def _layer(x, state, l, w, eps):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _layer_parallel(x, state, l, w, eps):  # _layer over the cores
-    _layer(x, state, l, w, eps)
+def _layer_parallel(x, state, l, w, eps, per):  # _layer over the cores
+    _layer(x, state, l, w, eps, per)
 
 
 def token_layer(blk):
@@ -172,6 +172,7 @@ def decode(layers, x, state, eps):  # x (B, H) float32 after pre_ln, state: 5 ar
     x = np.ascontiguousarray(x, np.float32)
     state = tuple(state)
     eps = float(eps)  # float64, as prompts pass it: norm_and_mix is compiled once for both
+    per = job_rows(*x.shape)
     for l, (step, layer) in enumerate(layers):
-        step(x, state, l, layer, eps)
+        step(x, state, l, layer, eps, per)
     return x

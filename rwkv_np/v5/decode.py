@@ -37,7 +37,7 @@ from ..storage import packed
 from ..v7.kernels import norm_and_mix
 from .kernels import wkv5_step
 
-ROWS_PER_JOB = 16                          # weight rows per parallel work item (as RWKV-4's and 7's)
+ROWS_PER_JOB = 16                          # weight rows per parallel work item (linear.ROWS_PER_JOB)
 
 
 class TokenLayer(NamedTuple):

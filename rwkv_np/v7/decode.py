@@ -32,12 +32,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import exp_nonpositive, sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, project
 from ..storage import packed
 from .kernels import dot8, head_outputs, norm_and_mix, row_inputs
 from .reference import DECAY_SCALE
 
-ROWS_PER_JOB = 16                          # weight rows per parallel work item (as RWKV-4's decode)
 _NEG_DECAY = np.float32(-DECAY_SCALE)      # log w = -e^{-1/2} sigmoid(z), rounded as model.py's
 
 
@@ -60,14 +59,14 @@ class TokenLayer(NamedTuple):
 
 
 @njit(inline="always")
-def _jobs(rows):  # number of ROWS_PER_JOB blocks of a matrix with `rows` rows
-    return (rows + ROWS_PER_JOB - 1) // ROWS_PER_JOB
+def _jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
+    return (rows + per - 1) // per
 
 
 @njit(inline="always")
-def _block(W, x, y, job, n_in):  # W (out, n_in) packed, x its activations, y (B, out)
-    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job`
-    i0, i1 = job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, W[0].shape[0])
+def _block(W, x, y, job, n_in, per):  # W (out, n_in) packed, x its activations, y (B, out)
+    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job` of `per` rows
+    i0, i1 = job * per, min((job + 1) * per, W[0].shape[0])
     project(W, x, y, i0, i1, np.empty(n_in, np.float32))  # scratch: one widened row, exactly n_in
     return i0, i1
 
@@ -105,12 +104,12 @@ def _head(h, b, first, r, k, v, v_first, zw, za, zg, zv, S, p, gn, tmp, o, gn_ep
 
 
 @njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions
-def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
+def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     # x, v_first (B, C) float32 in place; att_x, ffn_x (B, L, C), wkv (B, L, H, N, N): layer l in place
     """One layer for B tokens; w its TokenLayer. Called from Python, one core runs the jobs in turn
     (small models: linear.PARALLEL_MIN_WEIGHTS); inlined into `_layer_parallel`, every prange below
-    is a parallel loop. Each job is ROWS_PER_JOB rows of one matrix (a head in phase 2), so the
-    static split of a phase between the cores is an even one."""
+    is a parallel loop. Each job is `per` rows of one matrix (linear.job_rows; a head in phase 2),
+    so the static split of a phase between the cores is an even one."""
     Wr, Wk, Wv, Wo, Fk, Fv = w.r_proj, w.k_proj, w.v_proj, w.o_proj, w.ffn_key, w.ffn_value
     W1, A1, G1, V1 = w.w_down, w.a_down, w.g_down, w.v_down     # fields as locals: a parallel
     W2, A2, G2, V2 = w.w_up, w.a_up, w.g_up, w.v_up             # loop cannot take the NamedTuple
@@ -132,28 +131,28 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     # 1. r, k, v and the LoRAs' first matrices (tanh for the decay's, sigmoid for the gate's).
     r, k, v = np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32)
     hw, ha, hg, hv = np.empty((B, Dw), f32), np.empty((B, Da), f32), np.empty((B, Dg), f32), np.empty((B, Dv), f32)
-    nc, nw, na, ng = _jobs(C), _jobs(Dw), _jobs(Da), _jobs(Dg)
-    for job in prange(3 * nc + nw + na + ng + _jobs(Dv)):
+    nc, nw, na, ng = _jobs(C, per), _jobs(Dw, per), _jobs(Da, per), _jobs(Dg, per)
+    for job in prange(3 * nc + nw + na + ng + _jobs(Dv, per)):
         if job < nc:
-            _block(Wr, xr, r, job, C)
+            _block(Wr, xr, r, job, C, per)
         elif job < 2 * nc:
-            _block(Wk, xk, k, job - nc, C)
+            _block(Wk, xk, k, job - nc, C, per)
         elif job < 3 * nc:
-            _block(Wv, xv, v, job - 2 * nc, C)
+            _block(Wv, xv, v, job - 2 * nc, C, per)
         elif job < 3 * nc + nw:
-            i0, i1 = _block(W1, xw, hw, job - 3 * nc, C)
+            i0, i1 = _block(W1, xw, hw, job - 3 * nc, C, per)
             for b in range(B):
                 for i in range(i0, i1):
                     hw[b, i] = np.tanh(hw[b, i])
         elif job < 3 * nc + nw + na:
-            _block(A1, xa1, ha, job - 3 * nc - nw, C)
+            _block(A1, xa1, ha, job - 3 * nc - nw, C, per)
         elif job < 3 * nc + nw + na + ng:
-            i0, i1 = _block(G1, xg, hg, job - 3 * nc - nw - na, C)
+            i0, i1 = _block(G1, xg, hg, job - 3 * nc - nw - na, C, per)
             for b in range(B):
                 for i in range(i0, i1):
                     hg[b, i] = sigmoid(hg[b, i])
         else:
-            _block(V1, xv1, hv, job - 3 * nc - nw - na - ng, C)
+            _block(V1, xv1, hv, job - 3 * nc - nw - na - ng, C, per)
 
     # 2. Per head: its N rows of the LoRAs' second matrices, then the WKV step, norm, bonus, gate.
     hw2, ha2, hg2, hv2 = activations(W2, hw), activations(A2, ha), activations(G2, hg), activations(V2, hv)
@@ -173,7 +172,7 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     # 3. x += o Wo^T
     att, oa = np.empty((B, C), f32), activations(Wo, o)
     for job in prange(nc):
-        j0, j1 = _block(Wo, oa, att, job, C)
+        j0, j1 = _block(Wo, oa, att, job, C, per)
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += att[b, j]
@@ -183,8 +182,8 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
                              w.ffn_norm_weight, w.ffn_norm_bias, eps, w.ffn_mix)
     _keep(ffn_x, l, xf)
     key, fk = np.empty((B, F), f32), activations(Fk, mixed[0])
-    for job in prange(_jobs(F)):
-        j0, j1 = _block(Fk, fk, key, job, C)
+    for job in prange(_jobs(F, per)):
+        j0, j1 = _block(Fk, fk, key, job, C, per)
         for b in range(B):
             for j in range(j0, j1):
                 kv = max(key[b, j], f32(0.0))
@@ -193,15 +192,15 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     # 5. x += key Fv^T
     ffn, keya = np.empty((B, C), f32), activations(Fv, key)
     for job in prange(nc):
-        j0, j1 = _block(Fv, keya, ffn, job, F)
+        j0, j1 = _block(Fv, keya, ffn, job, F, per)
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += ffn[b, j]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _layer_parallel(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps):  # _layer over the cores
-    _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps)
+def _layer_parallel(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):  # _layer over the cores
+    _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per)
 
 
 def _absent(W):  # packed (array, kind, row_scale) -> the same type with no rows: layer 0's v_lora
@@ -247,6 +246,7 @@ def decode(layers, x, state, eps, gn_eps):  # x (B, C) float32 after pre_norm; s
     v_first = np.empty_like(x)   # layer 0's v, which later layers mix into theirs
     att_x, ffn_x, wkv = state
     eps, gn_eps = float(eps), float(gn_eps)
+    per = job_rows(*x.shape)
     for l, (step, layer) in enumerate(layers):
-        step(x, v_first, att_x, ffn_x, wkv, l, layer, eps, gn_eps)
+        step(x, v_first, att_x, ffn_x, wkv, l, layer, eps, gn_eps, per)
     return x
