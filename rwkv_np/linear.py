@@ -40,7 +40,7 @@ PARALLEL_MIN_WEIGHTS = 1 << 17  # smaller products (the demo model's: <= 512 x 1
 # README's main job with an empty cache: 26 -> 16 s), and at this size the second core saves ~20
 # us per layer of a token. Same bits either way: each row is one dot product.
 
-ROWS_PER_JOB = 16  # weight rows per parallel job of a batch's token step (decode.py of v4, v7):
+ROWS_PER_JOB = 16  # weight rows per parallel job of a batch's token step (every decode.py):
 #                    enough to amortize, small to balance
 
 
@@ -50,7 +50,8 @@ def job_rows(B, width):  # weight rows per parallel job of a token step of B seq
     matrices in turn): a matrix of `width` rows makes three jobs a thread. Measured on the
     169M / v7 0.1B shapes (width 768, 2 threads: 128 rows), old and new paired in one process,
     a token against 16 rows: RWKV-4 int8 / bfloat16 / float32 0.89-0.92 / 0.94-0.95 / 0.97x,
-    RWKV-7 int8 / bfloat16 0.93-0.95 / 0.93-0.96x; 384 rows (one job a thread) lost 3% on int8.
+    RWKV-7 int8 / bfloat16 0.93-0.95 / 0.93-0.96x, RWKV-6 0.91 / 0.94x; 384 rows (one job a
+    thread) lost 3% on int8.
     Batch of 8 (RWKV-4): 16 rows beat 8 by 10-16% and 48 by 1-9%."""
     if B > 1:
         return ROWS_PER_JOB

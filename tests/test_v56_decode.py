@@ -148,7 +148,7 @@ def test_parallel_build_gives_the_same_bits(variant, storage, B, monkeypatch):
     checked above. Larger models run the parallel build of the same body: the same bits.
     Storages: plain float rows, bfloat16 (rows widened into the per-call buffers for batches) and
     int4 (x rounded once per call, then integer products); the others share these code shapes, and
-    each parallel build takes ~25 s to compile (CI time)."""
+    each parallel build takes ~25 s to compile (CI time). The same for other job sizes."""
     decode = GENERATION[variant][3]
     ids = np.random.default_rng(B).integers(0, CONFIGS[variant].vocab_size, (B, 4))
     model = model_of(variant, storage)
@@ -161,6 +161,12 @@ def test_parallel_build_gives_the_same_bits(variant, storage, B, monkeypatch):
     parallel = model(ids[:, 3:], state=[s.copy() for s in state])
     np.testing.assert_array_equal(parallel.logits, serial.logits)
     for got, want in zip(parallel.state, serial.state):
+        np.testing.assert_array_equal(got, want)
+    # Jobs of other sizes (linear.job_rows: multiples of 16; 32 leaves a part job here): same bits
+    monkeypatch.setattr(decode5, "job_rows", lambda B, width: 32)  # v5's decode runs both
+    resized = model(ids[:, 3:], state=[s.copy() for s in state])
+    np.testing.assert_array_equal(resized.logits, serial.logits)
+    for got, want in zip(resized.state, serial.state):
         np.testing.assert_array_equal(got, want)
 
 

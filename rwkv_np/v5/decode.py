@@ -31,14 +31,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, project
 from ..norm_stats import mean_inv_std
 from ..storage import packed
 from ..v7.kernels import norm_and_mix
 from .kernels import wkv5_step
-
-ROWS_PER_JOB = 16                          # weight rows per parallel work item (linear.ROWS_PER_JOB)
-
 
 class TokenLayer(NamedTuple):
     """What one RWKV-5 layer's token step reads (model.Layer's fields, ready for Numba): vectors
@@ -57,14 +54,14 @@ class TokenLayer(NamedTuple):
 # ---------------------------------------------------------------- pieces RWKV-6's step shares
 
 @njit(inline="always")
-def jobs(rows):  # number of ROWS_PER_JOB blocks of a matrix with `rows` rows
-    return (rows + ROWS_PER_JOB - 1) // ROWS_PER_JOB
+def jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
+    return (rows + per - 1) // per
 
 
 @njit(inline="always")
-def block(W, x, y, job, n_in):  # W (out, n_in) packed, x its activations, y (B, out)
-    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job`
-    i0, i1 = job * ROWS_PER_JOB, min((job + 1) * ROWS_PER_JOB, W[0].shape[0])
+def block(W, x, y, job, n_in, per):  # W (out, n_in) packed, x its activations, y (B, out)
+    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job` of `per` rows
+    i0, i1 = job * per, min((job + 1) * per, W[0].shape[0])
     project(W, x, y, i0, i1, np.empty(n_in, np.float32))  # scratch: one widened row, exactly n_in
     return i0, i1
 
@@ -98,7 +95,7 @@ def head(h, b, r, k, v, g, w, u, S, ln_x, gated, gn_eps, y, o):
 
 
 @njit(inline="always")
-def output_and_channel_mix(x, o, ffn_x, l, w, eps):
+def output_and_channel_mix(x, o, ffn_x, l, w, eps, per):
     # x (B, C) in place, o (B, C) the gated WKV output; ffn_x (B, L, C) layer l in place
     """Phases 3-5 of either generation's layer (w: its TokenLayer; RWKV-5's fixed channel-mix
     blends and RWKV-6's are both x + (last - x) maa)."""
@@ -109,8 +106,8 @@ def output_and_channel_mix(x, o, ffn_x, l, w, eps):
 
     # 3. x += o Wo^T
     att, oa = np.empty((B, C), f32), activations(Wo, o)
-    for job in prange(jobs(C)):
-        j0, j1 = block(Wo, oa, att, job, C)
+    for job in prange(jobs(C, per)):
+        j0, j1 = block(Wo, oa, att, job, C, per)
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += att[b, j]
@@ -121,24 +118,24 @@ def output_and_channel_mix(x, o, ffn_x, l, w, eps):
     keep(ffn_x, l, xf)
     key, rr = np.empty((B, F), f32), np.empty((B, C), f32)
     fk, fr = activations(Fk, mixed[0]), activations(Fr, mixed[1])
-    nf = jobs(F)
-    for job in prange(nf + jobs(C)):
+    nf = jobs(F, per)
+    for job in prange(nf + jobs(C, per)):
         if job < nf:
-            j0, j1 = block(Fk, fk, key, job, C)
+            j0, j1 = block(Fk, fk, key, job, C, per)
             for b in range(B):
                 for j in range(j0, j1):
                     kv = max(key[b, j], f32(0.0))
                     key[b, j] = kv * kv
         else:
-            j0, j1 = block(Fr, fr, rr, job - nf, C)
+            j0, j1 = block(Fr, fr, rr, job - nf, C, per)
             for b in range(B):
                 for j in range(j0, j1):
                     rr[b, j] = sigmoid(rr[b, j])
 
     # 5. x += rr * (key Fv^T)
     ffn, keya = np.empty((B, C), f32), activations(Fv, key)
-    for job in prange(jobs(C)):
-        j0, j1 = block(Fv, keya, ffn, job, F)
+    for job in prange(jobs(C, per)):
+        j0, j1 = block(Fv, keya, ffn, job, F, per)
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += rr[b, j] * ffn[b, j]
@@ -147,12 +144,13 @@ def output_and_channel_mix(x, o, ffn_x, l, w, eps):
 # ---------------------------------------------------------------- RWKV-5's layer
 
 @njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions
-def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
+def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     # x (B, C) float32 in place; att_x, ffn_x (B, L, C), wkv (B, L, H, N, N): layer l in place
     """One layer for B tokens; w its TokenLayer. Called from Python, one core runs the jobs in turn
     (small models: linear.PARALLEL_MIN_WEIGHTS); inlined into `_layer_parallel`, every prange
-    (here and in the inlined pieces) is a parallel loop. A job is ROWS_PER_JOB rows of one matrix
-    (a head in phase 2), so the static split of a phase between the cores is an even one."""
+    (here and in the inlined pieces) is a parallel loop. A job is `per` rows of one matrix
+    (linear.job_rows; a head in phase 2), so the static split of a phase between the cores is an
+    even one."""
     Wk, Wv, Wr, Wg = w.key, w.value, w.receptance, w.gate
     decay, u, ln_x = w.decay, w.u, (w.ln_x_weight, w.ln_x_bias)
     B, C = x.shape
@@ -169,16 +167,16 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
 
     # 1. r, k, v, g = silu(x_g Wg^T)
     r, k, v, g = np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32)
-    nc = jobs(C)
+    nc = jobs(C, per)
     for job in prange((4 if gated else 3) * nc):
         if job < nc:
-            block(Wr, xr, r, job, C)
+            block(Wr, xr, r, job, C, per)
         elif job < 2 * nc:
-            block(Wk, xk, k, job - nc, C)
+            block(Wk, xk, k, job - nc, C, per)
         elif job < 3 * nc:
-            block(Wv, xv, v, job - 2 * nc, C)
+            block(Wv, xv, v, job - 2 * nc, C, per)
         else:
-            i0, i1 = block(Wg, xg, g, job - 3 * nc, C)
+            i0, i1 = block(Wg, xg, g, job - 3 * nc, C, per)
             silu_rows(g, i0, i1)
 
     # 2. Per head: the WKV step, ln_x, the gate.
@@ -188,12 +186,12 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
         for b in range(B):
             head(h, b, r, k, v, g, decay[h], u[h], wkv[b, l, h], ln_x, gated, gn_eps, y, o)
 
-    output_and_channel_mix(x, o, ffn_x, l, w, eps)
+    output_and_channel_mix(x, o, ffn_x, l, w, eps, per)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _layer_parallel(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):  # _layer over the cores
-    _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps)
+def _layer_parallel(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):  # _layer over the cores
+    _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per)
 
 
 def matrices_of(lay, names) -> dict | None:
@@ -245,6 +243,7 @@ def decode(layers, x, state, eps, gn_eps):  # x (B, C) float32 after pre_ln; sta
     x = np.ascontiguousarray(x, np.float32)
     att_x, ffn_x, wkv = state
     eps, gn_eps = float(eps), float(gn_eps)
+    per = job_rows(*x.shape)
     for l, (step, layer) in enumerate(layers):
-        step(x, att_x, ffn_x, wkv, l, layer, eps, gn_eps)
+        step(x, att_x, ffn_x, wkv, l, layer, eps, gn_eps, per)
     return x

@@ -33,7 +33,6 @@ from ..exp import exp_nonpositive
 from ..linear import activations, project
 from ..storage import packed
 from ..v5.decode import (
-    ROWS_PER_JOB,
     block,
     f32,
     head,
@@ -76,12 +75,12 @@ def tanh_rows(y, i0, i1):  # y (B, out): y <- tanh(y) in columns i0:i1
 
 
 @njit(cache=True, error_model="numpy", inline="always")  # no zero checks on divisions
-def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
+def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     # x (B, C) float32 in place; att_x, ffn_x (B, L, C), wkv (B, L, H, N, N): layer l in place
     """One layer for B tokens; w its TokenLayer. Called from Python, one core runs the jobs in turn;
     inlined into `_layer_parallel`, every prange (here and in the inlined pieces) is a parallel
-    loop. A job is ROWS_PER_JOB rows of one matrix (a head in phase 4). The LoRA matrices are
-    float32: their activations are x itself."""
+    loop. A job is `per` rows of one matrix (linear.job_rows; a head in phase 4). The LoRA
+    matrices are float32: their activations are x itself."""
     Wr, Wk, Wv, Wg = w.receptance, w.key, w.value, w.gate         # fields as locals: a parallel
     M1, M2, D1, D2 = w.maa_w1, w.maa_w2, w.decay_w1, w.decay_w2    # loop cannot take the NamedTuple
     maa, time_decay, u, ln_x = w.maa, w.time_decay, w.u, (w.ln_x_weight, w.ln_x_bias)
@@ -97,8 +96,8 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
 
     # 1. m = tanh(xxx W1^T), then each mix's D_mix columns as a (B, D_mix) array.
     m = np.empty((B, 5 * Dm), f32_)
-    for job in prange(jobs(5 * Dm)):
-        i0, i1 = block(M1, mixed[0], m, job, C)
+    for job in prange(jobs(5 * Dm, per)):
+        i0, i1 = block(M1, mixed[0], m, job, C, per)
         tanh_rows(m, i0, i1)
     mq = np.empty((5, B, Dm), f32_)
     for q in range(5):
@@ -108,10 +107,10 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
 
     # 2. x_q = xa + dx (maa_q + m_q W2[q]^T), rows w, k, v, r, g of xs; W2[q] is W2's rows q C ..
     off, xs = np.empty((B, 5 * C), f32_), np.empty((5, B, C), f32_)
-    nc = jobs(C)
+    nc = jobs(C, per)
     for job in prange(5 * nc):
-        q, c0 = job // nc, (job % nc) * ROWS_PER_JOB
-        c1 = min(c0 + ROWS_PER_JOB, C)
+        q, c0 = job // nc, (job % nc) * per
+        c1 = min(c0 + per, C)
         project(M2, mq[q], off, q * C + c0, q * C + c1, np.empty(Dm, f32_))
         for b in range(B):
             for c in range(c0, c1):
@@ -121,18 +120,18 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
     xr, xk, xv, xg = activations(Wr, xs[3]), activations(Wk, xs[1]), activations(Wv, xs[2]), activations(Wg, xs[4])
     r, k, v, g = np.empty((B, C), f32_), np.empty((B, C), f32_), np.empty((B, C), f32_), np.empty((B, C), f32_)
     hw = np.empty((B, Dd), f32_)
-    for job in prange(4 * nc + jobs(Dd)):
+    for job in prange(4 * nc + jobs(Dd, per)):
         if job < nc:
-            block(Wr, xr, r, job, C)
+            block(Wr, xr, r, job, C, per)
         elif job < 2 * nc:
-            block(Wk, xk, k, job - nc, C)
+            block(Wk, xk, k, job - nc, C, per)
         elif job < 3 * nc:
-            block(Wv, xv, v, job - 2 * nc, C)
+            block(Wv, xv, v, job - 2 * nc, C, per)
         elif job < 4 * nc:
-            i0, i1 = block(Wg, xg, g, job - 3 * nc, C)
+            i0, i1 = block(Wg, xg, g, job - 3 * nc, C, per)
             silu_rows(g, i0, i1)
         else:
-            i0, i1 = block(D1, xs[0], hw, job - 4 * nc, C)
+            i0, i1 = block(D1, xs[0], hw, job - 4 * nc, C, per)
             tanh_rows(hw, i0, i1)
 
     # 4. Per head: its decays from the decay LoRA's second matrix, the WKV step, ln_x, the gate.
@@ -146,12 +145,12 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):
                 wt[j] = exp_nonpositive(max(-np.exp(time_decay[c0 + j] + zw[b, c0 + j]), _FLOOR))
             head(h, b, r, k, v, g, wt, u[h], wkv[b, l, h], ln_x, True, gn_eps, y, o)
 
-    output_and_channel_mix(x, o, ffn_x, l, w, eps)
+    output_and_channel_mix(x, o, ffn_x, l, w, eps, per)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _layer_parallel(x, att_x, ffn_x, wkv, l, w, eps, gn_eps):  # _layer over the cores
-    _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps)
+def _layer_parallel(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):  # _layer over the cores
+    _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per)
 
 
 def token_layer(lay):
