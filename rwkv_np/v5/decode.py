@@ -37,6 +37,7 @@ from ..storage import packed
 from ..v7.kernels import norm_and_mix
 from .kernels import wkv5_step
 
+
 class TokenLayer(NamedTuple):
     """What one RWKV-5 layer's token step reads (model.Layer's fields, ready for Numba): vectors
     as float32 arrays, matrices as storage.packed tuples (array, kind, row_scale)."""
