@@ -58,6 +58,19 @@ def job_rows(B, width):  # weight rows per parallel job of a token step of B seq
     return max(ROWS_PER_JOB, width // (3 * numba.get_num_threads()) // ROWS_PER_JOB * ROWS_PER_JOB)
 
 
+@njit(inline="always")
+def jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
+    return (rows + per - 1) // per
+
+
+@njit(inline="always")
+def block(W, x, y, job, n_in, per):  # W (out, n_in) packed, x its activations, y (B, out)
+    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job` of `per` rows (a token step's job)
+    i0, i1 = job * per, min((job + 1) * per, W[0].shape[0])
+    project(W, x, y, i0, i1, np.empty(n_in, np.float32))  # scratch: one widened row, exactly n_in
+    return i0, i1
+
+
 # ---------------------------------------------------------------- decode: N <= SMALL_N rows of x
 # `project` computes some rows of y = x @ W.T for a weight in any storage. It is the one kernel
 # of token mode: `linear` runs it over all rows, split between the cores, and decode.py runs it

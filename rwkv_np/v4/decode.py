@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, jobs, project
 from ..storage import packed
 from .kernels import norm_and_mix, wkv_step
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
@@ -41,11 +41,6 @@ class TokenLayer(NamedTuple):
     ffn_key: tuple; ffn_receptance: tuple; ffn_value: tuple                 # (I, H), (H, H), (H, I)
     scale: np.float32                                                       # HF's rescale factor
     halve: bool                                                             # x /= 2 after the layer
-
-
-@njit(inline="always")
-def _jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
-    return (rows + per - 1) // per
 
 
 @njit(inline="always")
@@ -86,7 +81,7 @@ def _layer(x, state, l, w, eps, per):
     _keep(state[ATT_X], l, xa)
     k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
     rw = np.empty((B, A), f32)
-    for job in prange(_jobs(A, per)):  # channels c0:c1 of k, v, r, then their WKV step
+    for job in prange(jobs(A, per)):  # channels c0:c1 of k, v, r, then their WKV step
         c0, c1 = _rows(job, A, per)
         buf = np.empty(H, f32)
         project(Wk, xk, k, c0, c1, buf)
@@ -104,7 +99,7 @@ def _layer(x, state, l, w, eps, per):
                 num[b, c, l], den[b, c, l], pmax[b, c, l] = sa[c - c0], sb[c - c0], sp[c - c0]
 
     att, rwa = np.empty((B, H), f32), activations(Wo, rw)
-    for job in prange(_jobs(H, per)):  # x += (r * wkv) @ W_output.T, rows j0:j1
+    for job in prange(jobs(H, per)):  # x += (r * wkv) @ W_output.T, rows j0:j1
         j0, j1 = _rows(job, H, per)
         project(Wo, rwa, att, j0, j1, np.empty(A, f32))
         for b in range(B):
@@ -117,8 +112,8 @@ def _layer(x, state, l, w, eps, per):
     fk, fr = activations(Fk, mixed[0]), activations(Fr, mixed[1])
     _keep(state[FFN_X], l, xf)
     key, gate = np.empty((B, I), f32), np.empty((B, H), f32)
-    n = _jobs(I, per)
-    for job in prange(n + _jobs(H, per)):
+    n = jobs(I, per)
+    for job in prange(n + jobs(H, per)):
         buf = np.empty(H, f32)
         if job < n:
             j0, j1 = _rows(job, I, per)
@@ -134,7 +129,7 @@ def _layer(x, state, l, w, eps, per):
                     gate[b, j] = sigmoid(gate[b, j])
 
     ffn, keya = np.empty((B, H), f32), activations(Fv, key)
-    for job in prange(_jobs(H, per)):  # x += gate * (key @ W_value.T), rows j0:j1
+    for job in prange(jobs(H, per)):  # x += gate * (key @ W_value.T), rows j0:j1
         j0, j1 = _rows(job, H, per)
         project(Fv, keya, ffn, j0, j1, np.empty(I, f32))
         for b in range(B):

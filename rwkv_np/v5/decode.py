@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, block, job_rows, jobs
 from ..norm_stats import mean_inv_std
 from ..storage import packed
 from ..v7.kernels import norm_and_mix
@@ -53,19 +53,6 @@ class TokenLayer(NamedTuple):
 
 
 # ---------------------------------------------------------------- pieces RWKV-6's step shares
-
-@njit(inline="always")
-def jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
-    return (rows + per - 1) // per
-
-
-@njit(inline="always")
-def block(W, x, y, job, n_in, per):  # W (out, n_in) packed, x its activations, y (B, out)
-    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job` of `per` rows
-    i0, i1 = job * per, min((job + 1) * per, W[0].shape[0])
-    project(W, x, y, i0, i1, np.empty(n_in, np.float32))  # scratch: one widened row, exactly n_in
-    return i0, i1
-
 
 @njit(inline="always")
 def keep(last, l, xn):  # last (B, L, C) <- xn (B, 1, C) at layer l: the token shift's memory

@@ -30,13 +30,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import exp_nonpositive
-from ..linear import activations, project
+from ..linear import activations, block, jobs, project
 from ..storage import packed
 from ..v5.decode import (
-    block,
     f32,
     head,
-    jobs,
     keep,
     matrices_of,
     output_and_channel_mix,

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import exp_nonpositive, sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, block, job_rows, jobs, project
 from ..storage import packed
 from .kernels import dot8, head_outputs, norm_and_mix, row_inputs
 from .reference import DECAY_SCALE
@@ -56,19 +56,6 @@ class TokenLayer(NamedTuple):
     ffn_mix: np.ndarray                                                 # (1, C): ffn.x_k
     ffn_key: tuple; ffn_value: tuple                                    # (F, C), (C, F)
     first: bool                                                         # layer 0: v_first = v
-
-
-@njit(inline="always")
-def _jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` rows
-    return (rows + per - 1) // per
-
-
-@njit(inline="always")
-def _block(W, x, y, job, n_in, per):  # W (out, n_in) packed, x its activations, y (B, out)
-    # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job` of `per` rows
-    i0, i1 = job * per, min((job + 1) * per, W[0].shape[0])
-    project(W, x, y, i0, i1, np.empty(n_in, np.float32))  # scratch: one widened row, exactly n_in
-    return i0, i1
 
 
 @njit(inline="always")
@@ -131,28 +118,28 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     # 1. r, k, v and the LoRAs' first matrices (tanh for the decay's, sigmoid for the gate's).
     r, k, v = np.empty((B, C), f32), np.empty((B, C), f32), np.empty((B, C), f32)
     hw, ha, hg, hv = np.empty((B, Dw), f32), np.empty((B, Da), f32), np.empty((B, Dg), f32), np.empty((B, Dv), f32)
-    nc, nw, na, ng = _jobs(C, per), _jobs(Dw, per), _jobs(Da, per), _jobs(Dg, per)
-    for job in prange(3 * nc + nw + na + ng + _jobs(Dv, per)):
+    nc, nw, na, ng = jobs(C, per), jobs(Dw, per), jobs(Da, per), jobs(Dg, per)
+    for job in prange(3 * nc + nw + na + ng + jobs(Dv, per)):
         if job < nc:
-            _block(Wr, xr, r, job, C, per)
+            block(Wr, xr, r, job, C, per)
         elif job < 2 * nc:
-            _block(Wk, xk, k, job - nc, C, per)
+            block(Wk, xk, k, job - nc, C, per)
         elif job < 3 * nc:
-            _block(Wv, xv, v, job - 2 * nc, C, per)
+            block(Wv, xv, v, job - 2 * nc, C, per)
         elif job < 3 * nc + nw:
-            i0, i1 = _block(W1, xw, hw, job - 3 * nc, C, per)
+            i0, i1 = block(W1, xw, hw, job - 3 * nc, C, per)
             for b in range(B):
                 for i in range(i0, i1):
                     hw[b, i] = np.tanh(hw[b, i])
         elif job < 3 * nc + nw + na:
-            _block(A1, xa1, ha, job - 3 * nc - nw, C, per)
+            block(A1, xa1, ha, job - 3 * nc - nw, C, per)
         elif job < 3 * nc + nw + na + ng:
-            i0, i1 = _block(G1, xg, hg, job - 3 * nc - nw - na, C, per)
+            i0, i1 = block(G1, xg, hg, job - 3 * nc - nw - na, C, per)
             for b in range(B):
                 for i in range(i0, i1):
                     hg[b, i] = sigmoid(hg[b, i])
         else:
-            _block(V1, xv1, hv, job - 3 * nc - nw - na - ng, C, per)
+            block(V1, xv1, hv, job - 3 * nc - nw - na - ng, C, per)
 
     # 2. Per head: its N rows of the LoRAs' second matrices, then the WKV step, norm, bonus, gate.
     hw2, ha2, hg2, hv2 = activations(W2, hw), activations(A2, ha), activations(G2, hg), activations(V2, hv)
@@ -172,7 +159,7 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     # 3. x += o Wo^T
     att, oa = np.empty((B, C), f32), activations(Wo, o)
     for job in prange(nc):
-        j0, j1 = _block(Wo, oa, att, job, C, per)
+        j0, j1 = block(Wo, oa, att, job, C, per)
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += att[b, j]
@@ -182,8 +169,8 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
                              w.ffn_norm_weight, w.ffn_norm_bias, eps, w.ffn_mix)
     _keep(ffn_x, l, xf)
     key, fk = np.empty((B, F), f32), activations(Fk, mixed[0])
-    for job in prange(_jobs(F, per)):
-        j0, j1 = _block(Fk, fk, key, job, C, per)
+    for job in prange(jobs(F, per)):
+        j0, j1 = block(Fk, fk, key, job, C, per)
         for b in range(B):
             for j in range(j0, j1):
                 kv = max(key[b, j], f32(0.0))
@@ -192,7 +179,7 @@ def _layer(x, v_first, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     # 5. x += key Fv^T
     ffn, keya = np.empty((B, C), f32), activations(Fv, key)
     for job in prange(nc):
-        j0, j1 = _block(Fv, keya, ffn, job, F, per)
+        j0, j1 = block(Fv, keya, ffn, job, F, per)
         for b in range(B):
             for j in range(j0, j1):
                 x[b, j] += ffn[b, j]
