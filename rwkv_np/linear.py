@@ -40,8 +40,8 @@ PARALLEL_MIN_WEIGHTS = 1 << 17  # smaller products (the demo model's: <= 512 x 1
 # README's main job with an empty cache: 26 -> 16 s), and at this size the second core saves ~20
 # us per layer of a token. Same bits either way: each row is one dot product.
 
-ROWS_PER_JOB = 16  # weight rows per parallel job of a batch's token step (every decode.py):
-#                    enough to amortize, small to balance
+ROWS_PER_JOB = 24  # weight rows per parallel job of a batch's token step (every decode.py):
+#                    enough to amortize, small to balance, whole tiles of dot_tile (3 or 2 rows)
 
 
 def job_rows(B, width):  # weight rows per parallel job of a token step of B sequences
@@ -52,10 +52,11 @@ def job_rows(B, width):  # weight rows per parallel job of a token step of B seq
     169M / v7 0.1B shapes (width 768, 2 threads: 128 rows), old and new paired in one process,
     a token against 16 rows: RWKV-4 int8 / bfloat16 / float32 0.89-0.92 / 0.94-0.95 / 0.97x,
     RWKV-7 int8 / bfloat16 0.93-0.95 / 0.93-0.96x, RWKV-6 0.91 / 0.94x; 384 rows (one job a
-    thread) lost 3% on int8. Batch of 8 (RWKV-4): 16 rows beat 8 by 10-16% and 48 by 1-9%."""
+    thread) lost 3% on int8. Batch of 8 (RWKV-4), with dot_tile's tiles of 2 rows: 16 rows beat 8
+    by 10-16% and 48 by 1-9%; with tiles of 3 rows 16 would leave a tile a third full, so 24."""
     if B > 1:
         return ROWS_PER_JOB
-    return max(ROWS_PER_JOB, width // (3 * numba.get_num_threads()) // ROWS_PER_JOB * ROWS_PER_JOB)
+    return max(16, width // (3 * numba.get_num_threads()) // 16 * 16)
 
 
 @njit(inline="always")
@@ -105,7 +106,7 @@ def _project(W, x, y, i0, i1, buf):
 def _rows_float(A, x, y, i0, i1):  # A (out, in) float32 / float64
     if x.shape[0] == 1:
         _matvec_rows(A, _as_is, x[0], y[0], i0, i1)
-    else:  # no widening: the rows are used where they are, two (dot_tile) or four at a time
+    else:  # no widening: the rows are used where they are, by dot_tile or four at a time
         i = tiles(A, False, x, y, i0, i1)
         while i + 4 <= i1:
             dot_rows4(A, i, x, y, i)
@@ -279,11 +280,12 @@ def _project_all(W, x, y, blocks):  # every row of y = x @ W.T, in blocks of row
     nb = min(out, blocks)
     xa = activations(W, x)
     for b in prange(nb):
-        # Block edges on multiples of 4: batches take rows four at a time (dot_rows4) and the
-        # rest one at a time (dot_rows), whose sums LLVM may order differently (AVX2: it does),
-        # so a row's kernel, hence its bits, must not depend on the thread count.
-        i0 = b * out // nb // 4 * 4
-        i1 = out if b == nb - 1 else (b + 1) * out // nb // 4 * 4
+        # Block edges on multiples of 12: without dot_tile (AVX-512, or in % 16 != 0) batches take
+        # rows four at a time (dot_rows4) and the rest one at a time (dot_rows), whose sums LLVM
+        # may order differently (AVX2: it does), so a row's kernel, hence its bits, must not
+        # depend on the thread count; and dot_tile's tiles of 3 rows stay whole.
+        i0 = b * out // nb // 12 * 12
+        i1 = out if b == nb - 1 else (b + 1) * out // nb // 12 * 12
         buf = np.empty(x.shape[1], np.float32)
         project(W, xa, y, i0, i1, buf)
 
