@@ -24,9 +24,10 @@ AVX2's 16 registers, and each load of x feeds three multiply-adds, not two. Late
 the 16-bit rows again from L1 (two cheap instructions) rather than keep them in a buffer: one Zen
 3 core, N = 8, 169M shapes, in G multiply-adds/s against 2 rows with the buffer: float32 25-27
 -> 29-30, bfloat16 30-31 -> 34-35, float16 30-33 -> 37-40; the buffer with 3 rows lost (25-27).
-int8 keeps R = 2 (integer products: 3 rows measured 7-14% slower), as do int4 and int5, which
-keep the rows the first group widened in a 4 KB buffer for the others: unpacking costs more
-than reloading (169M, B = 8, whole-model decode int4 22 -> 19 ms, int5 31 -> 23).
+int8 keeps R = 2 (integer products: 3 rows were 7-14% slower on two of three shapes), as do
+int4 and int5, which keep the rows the first group widened in a 4 KB buffer for the others:
+unpacking costs more than reloading (169M, B = 8, whole-model decode int4 22 -> 19 ms, int5 31
+-> 23).
 """
 from llvmlite import ir
 from numba import njit, types
@@ -156,8 +157,8 @@ def _tile_of(storage):  # -> the intrinsic below, for weights stored as `storage
             with cgutils.for_range(builder, builder.mul(groups, I64(K))) as loop:
                 builder.store(ir.Constant(v8, None), builder.gep(saved, [loop.index]))
             acc = [cgutils.alloca_once(builder, v8) for _ in range(K)]  # registers, within a group
-            # the chunk of the R rows as the first group widened them, for the others (not
-            # float32 / int8, whose rows are read as cheaply as a buffer)
+            # the chunk of the R rows as the first group widened them, for the others (storage.wide:
+            # int4 / int5, whose unpacking costs more than a load)
             wide = None if not storage.wide else builder.bitcast(
                 cgutils.alloca_once(builder, ir.ArrayType(_V16, R * CHUNK // 16)), _V16.as_pointer())
             pf = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [_I8P, I32, I32, I32]),
