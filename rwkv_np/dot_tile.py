@@ -246,7 +246,9 @@ def _tile_of(storage):  # -> the intrinsic below, for weights stored as `storage
     return intrinsic(dot_tile)
 
 
-_FLOAT32, _BFLOAT16, _FLOAT16 = _Rows("float32", 4, _float32, 3), _Rows("bfloat16", 2, _bfloat16, 3), _Rows("float16", 2, _float16, 3)
+_FLOAT_ROWS = 3  # R of the three float storages: `tiles` steps by it for all of them
+_FLOAT32, _BFLOAT16, _FLOAT16 = (_Rows(name, size, load, _FLOAT_ROWS) for name, size, load in (
+    ("float32", 4, _float32), ("bfloat16", 2, _bfloat16), ("float16", 2, _float16)))
 _INT8, _INT4, _INT5 = _Rows("int8", 1, _int8, 2), _Int4Rows(4), _Int4Rows(5)
 tile_float32, tile_bfloat16, tile_float16 = _tile_of(_FLOAT32), _tile_of(_BFLOAT16), _tile_of(_FLOAT16)
 tile_int8, tile_int4, tile_int5 = _tile_of(_INT8), _tile_of(_INT4), _tile_of(_INT5)
@@ -264,7 +266,7 @@ def _tiles(A, f16, x, y, i0, i1):
     one = {types.float32: tile_float32, types.uint32: tile_bfloat16}.get(A.dtype)
     if WIDE or x.dtype != types.float32 or (one is None and A.dtype != types.uint16):
         return lambda A, f16, x, y, i0, i1: i0
-    R = _FLOAT32.R  # bfloat16's and float16's too
+    R = _FLOAT_ROWS
     tile = _halves if one is None else njit(inline="always")(lambda A, r, x, y, stop, f16: one(A, r, x, y, stop, x, x))
 
     def impl(A, f16, x, y, i0, i1):
