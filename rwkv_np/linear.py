@@ -47,8 +47,8 @@ ROWS_PER_JOB = 24  # weight rows per parallel job of a batch's token step (every
 def job_rows(B, width):  # weight rows per parallel job of a token step of B sequences
     """A batch is compute: ROWS_PER_JOB rows. One sequence is a stream of weights, and each job's
     rows are a run the hardware prefetcher starts afresh (RWKV-4's first phase reads three
-    matrices in turn): a matrix of `width` rows makes three jobs a thread (a multiple of
-    ROWS_PER_JOB rows; a row's sum is the same in any job). Measured on the
+    matrices in turn): a matrix of `width` rows makes three jobs a thread (a multiple of 16
+    rows; a row's sum is the same in any job). Measured on the
     169M / v7 0.1B shapes (width 768, 2 threads: 128 rows), old and new paired in one process,
     a token against 16 rows: RWKV-4 int8 / bfloat16 / float32 0.89-0.92 / 0.94-0.95 / 0.97x,
     RWKV-7 int8 / bfloat16 0.93-0.95 / 0.93-0.96x, RWKV-6 0.91 / 0.94x; 384 rows (one job a
@@ -65,9 +65,14 @@ def jobs(rows, per):  # number of blocks of `per` rows in a matrix with `rows` r
 
 
 @njit(inline="always")
+def job_span(job, rows, per):  # -> (i0, i1): the rows of block `job` of `per` rows
+    return job * per, min((job + 1) * per, rows)
+
+
+@njit(inline="always")
 def block(W, x, y, job, n_in, per):  # W (out, n_in) packed, x its activations, y (B, out)
     # -> (i0, i1): rows i0:i1 of y = x @ W.T, block `job` of `per` rows (a token step's job)
-    i0, i1 = job * per, min((job + 1) * per, W[0].shape[0])
+    i0, i1 = job_span(job, W[0].shape[0], per)
     project(W, x, y, i0, i1, np.empty(n_in, np.float32))  # scratch: one widened row, exactly n_in
     return i0, i1
 

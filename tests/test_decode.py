@@ -53,7 +53,7 @@ def test_token_steps_match_reference(storage, B):
 def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     """A model this small runs its layers on one core (linear.PARALLEL_MIN_WEIGHTS), the build
     checked above. Larger models run the parallel build of the same body: the same bits.
-    Storages: plain float rows, bfloat16 (rows widened into the per-call buffers for batches) and
+    Storages: plain float rows, bfloat16 (rows widened in registers, by the batch tile for B = 8) and
     int8 (x rounded once per call, then integer products); the others share these code shapes, and
     each parallel build takes ~25 s to compile (CI time). The same for other job sizes."""
     ids = np.random.default_rng(B).integers(0, CONFIG.vocab_size, (B, 4))
@@ -67,7 +67,8 @@ def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     np.testing.assert_array_equal(parallel.logits, serial.logits)
     for got, want in zip(parallel.state, serial.state):
         np.testing.assert_array_equal(got, want)
-    # Jobs of other sizes (linear.job_rows: multiples of 16; 32 leaves a part job here): same bits
+    # Jobs of other sizes (linear.job_rows: 24 rows for batches; 32 leaves a part job here): same
+    # bits (part tiles of dot_tile: test_linear's test_a_rows_bits_do_not_depend_on_its_job)
     monkeypatch.setattr(decode, "job_rows", lambda B, width: 32)
     resized = model(ids[:, 3:], state=[s.copy() for s in state])
     np.testing.assert_array_equal(resized.logits, serial.logits)

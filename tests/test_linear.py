@@ -6,11 +6,12 @@ roundings and, when torch is installed, torch's `.to(torch.bfloat16)`."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
+from numba import njit
 
 from rwkv_np import gemm, linear as lin, set_threads
 from rwkv_np.errors import InputError
 from rwkv_np.linear import linear
-from rwkv_np.storage import Bfloat16, Int8Weight, dequantize, embedding_rows, prepare_weight
+from rwkv_np.storage import Bfloat16, Int8Weight, dequantize, embedding_rows, packed, prepare_weight
 
 STORAGES = ["float32", "float64", "float16", "bfloat16", "int8", "int8+cols"]
 NS = [1, 3, 8, 64]  # matvec, matmat, matmat, BLAS
@@ -81,6 +82,29 @@ def test_batches_of_widths_the_tile_takes(storage, N, shape):
     assert_close_to_product(y, x, dequantize(Wp), rel=1e-5, Wp=Wp)
     if storage.startswith("int8"):  # the same integer sums as one row at a time
         np.testing.assert_array_equal(y, np.concatenate([linear(x[n:n + 1], Wp) for n in range(N)]))
+
+
+@njit
+def _by_jobs(W, x, y, per):  # y = x @ W.T as a token step runs it: blocks of `per` rows
+    xa = lin.activations(W, x)
+    for job in range(lin.jobs(W[0].shape[0], per)):
+        lin.block(W, xa, y, job, x.shape[1], per)
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8", "int4", "int5"])
+def test_a_rows_bits_do_not_depend_on_its_job(storage):
+    # The token steps split each matrix into jobs of linear.job_rows rows (24 for batches); the
+    # batch tile takes 3 or 2 rows at a time, so other job sizes (32, 7) end in part tiles. Every
+    # row must still get the same bits as with 24 (the parallel-build tests rely on it).
+    rng = np.random.default_rng(7)
+    Wt, _ = packed(prepare_weight(random_weight(rng, (40, 64)), storage))
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    want = np.empty((8, 40), np.float32)
+    _by_jobs(Wt, x, want, 24)
+    for per in (32, 7):
+        got = np.empty((8, 40), np.float32)
+        _by_jobs(Wt, x, got, per)
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("N", NS)

@@ -108,7 +108,8 @@ def test_parallel_build_gives_the_same_bits(storage, B, monkeypatch):
     np.testing.assert_array_equal(parallel.logits, serial.logits)
     for got, want in zip(parallel.state, serial.state):
         np.testing.assert_array_equal(got, want)
-    # Jobs of other sizes (linear.job_rows: multiples of 16; 32 leaves a part job here): same bits
+    # Jobs of other sizes (linear.job_rows: 24 rows for batches; 32 leaves a part job here): same
+    # bits (part tiles of dot_tile: test_linear's test_a_rows_bits_do_not_depend_on_its_job)
     monkeypatch.setattr(decode, "job_rows", lambda B, width: 32)
     resized = model(ids[:, 3:], state=[s.copy() for s in state])
     np.testing.assert_array_equal(resized.logits, serial.logits)

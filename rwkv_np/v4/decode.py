@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import sigmoid
-from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, jobs, project
+from ..linear import PARALLEL_MIN_WEIGHTS, activations, job_rows, job_span, jobs, project
 from ..storage import packed
 from .kernels import norm_and_mix, wkv_step
 from .state import ATT_X, DEN, FFN_X, MAX, NUM
@@ -41,11 +41,6 @@ class TokenLayer(NamedTuple):
     ffn_key: tuple; ffn_receptance: tuple; ffn_value: tuple                 # (I, H), (H, H), (H, I)
     scale: np.float32                                                       # HF's rescale factor
     halve: bool                                                             # x /= 2 after the layer
-
-
-@njit(inline="always")
-def _rows(job, rows, per):  # the rows of block `job`
-    return job * per, min((job + 1) * per, rows)
 
 
 @njit(inline="always")
@@ -82,7 +77,7 @@ def _layer(x, state, l, w, eps, per):
     k, v, r = np.empty((B, A), f32), np.empty((B, A), f32), np.empty((B, A), f32)
     rw = np.empty((B, A), f32)
     for job in prange(jobs(A, per)):  # channels c0:c1 of k, v, r, then their WKV step
-        c0, c1 = _rows(job, A, per)
+        c0, c1 = job_span(job, A, per)
         buf = np.empty(H, f32)
         project(Wk, xk, k, c0, c1, buf)
         project(Wv, xv, v, c0, c1, buf)
@@ -100,7 +95,7 @@ def _layer(x, state, l, w, eps, per):
 
     att, rwa = np.empty((B, H), f32), activations(Wo, rw)
     for job in prange(jobs(H, per)):  # x += (r * wkv) @ W_output.T, rows j0:j1
-        j0, j1 = _rows(job, H, per)
+        j0, j1 = job_span(job, H, per)
         project(Wo, rwa, att, j0, j1, np.empty(A, f32))
         for b in range(B):
             for j in range(j0, j1):
@@ -116,13 +111,13 @@ def _layer(x, state, l, w, eps, per):
     for job in prange(n + jobs(H, per)):
         buf = np.empty(H, f32)
         if job < n:
-            j0, j1 = _rows(job, I, per)
+            j0, j1 = job_span(job, I, per)
             project(Fk, fk, key, j0, j1, buf)
             for b in range(B):
                 for j in range(j0, j1):
                     key[b, j] = max(key[b, j], f32(0.0)) ** 2
         else:
-            j0, j1 = _rows(job - n, H, per)
+            j0, j1 = job_span(job - n, H, per)
             project(Fr, fr, gate, j0, j1, buf)
             for b in range(B):
                 for j in range(j0, j1):
@@ -130,7 +125,7 @@ def _layer(x, state, l, w, eps, per):
 
     ffn, keya = np.empty((B, H), f32), activations(Fv, key)
     for job in prange(jobs(H, per)):  # x += gate * (key @ W_value.T), rows j0:j1
-        j0, j1 = _rows(job, H, per)
+        j0, j1 = job_span(job, H, per)
         project(Fv, keya, ffn, j0, j1, np.empty(I, f32))
         for b in range(B):
             for j in range(j0, j1):

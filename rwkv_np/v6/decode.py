@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..exp import exp_nonpositive
-from ..linear import activations, block, jobs, project
+from ..linear import activations, block, job_span, jobs, project
 from ..storage import packed
 from ..v5.decode import (
     f32,
@@ -107,8 +107,7 @@ def _layer(x, att_x, ffn_x, wkv, l, w, eps, gn_eps, per):
     off, xs = np.empty((B, 5 * C), f32_), np.empty((5, B, C), f32_)
     nc = jobs(C, per)
     for job in prange(5 * nc):
-        q, c0 = job // nc, (job % nc) * per
-        c1 = min(c0 + per, C)
+        q, (c0, c1) = job // nc, job_span(job % nc, C, per)
         project(M2, mq[q], off, q * C + c0, q * C + c1, np.empty(Dm, f32_))
         for b in range(B):
             for c in range(c0, c1):
